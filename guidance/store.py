@@ -1,0 +1,65 @@
+"""Per-run record of cross-attention maps, aggregated as the A&E code does it.
+
+A store belongs to one sampling run: the sampler creates it, attaches it to that run's ``transformer_options``
+and drops it afterwards, so nothing leaks between runs or between clones of a model.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class AttentionStore:
+    """Sums of conditional-branch attention probabilities per down-sampling level.
+
+    ``add`` takes ``[B, heads, h·w, T]`` probabilities; ``aggregate`` returns their mean over all heads of all
+    layers recorded at one level, ``[B, h, w, T]`` (not renormalised, like the reference aggregation).
+    Recording happens only while ``recording`` is on; tensors keep their autograd graph.
+    """
+
+    def __init__(self, token_count: int) -> None:
+        self.token_count = token_count
+        self.recording = False
+        self._sums: dict[int, torch.Tensor] = {}
+        self._map_counts: dict[int, int] = {}
+        self._shapes: dict[int, tuple[int, int]] = {}
+
+    def __deepcopy__(self, memo: dict) -> "AttentionStore":
+        # Model options holding a store are deep-copied by the host; the run must keep talking to one store.
+        return self
+
+    def add(self, level: int, probabilities: torch.Tensor, height: int, width: int) -> None:
+        batch, heads, pixels, tokens = probabilities.shape
+        if pixels != height * width:
+            raise ValueError(f"{pixels} attention rows do not form a {height}x{width} map")
+        if tokens % self.token_count:
+            raise ValueError(f"attention over {tokens} tokens does not fit a prompt of {self.token_count} tokens")
+        if tokens != self.token_count:
+            # CFG batches repeat a shorter context to a common length: token j sits at j, j + T, ...
+            probabilities = probabilities.reshape(batch, heads, pixels, tokens // self.token_count, self.token_count)
+            probabilities = probabilities.sum(dim=-2)
+        summed = probabilities.sum(dim=1)
+        if level in self._sums:
+            if self._shapes[level] != (height, width) or self._sums[level].shape != summed.shape:
+                raise ValueError(f"layers at level {level} disagree on map shape")
+            self._sums[level] = self._sums[level] + summed
+        else:
+            self._sums[level] = summed
+            self._shapes[level] = (height, width)
+            self._map_counts[level] = 0
+        self._map_counts[level] += heads
+
+    def levels(self) -> list[int]:
+        return sorted(self._sums)
+
+    def aggregate(self, level: int) -> torch.Tensor:
+        if level not in self._sums:
+            raise KeyError(f"no attention was recorded at level {level} (recorded: {self.levels()})")
+        height, width = self._shapes[level]
+        mean = self._sums[level] / self._map_counts[level]
+        return mean.reshape(mean.shape[0], height, width, self.token_count)
+
+    def clear(self) -> None:
+        self._sums.clear()
+        self._map_counts.clear()
+        self._shapes.clear()
+

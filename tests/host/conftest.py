@@ -1,0 +1,34 @@
+"""Host tests: one real ComfyUI per process (``AG_TEST_HOST``, else the first host found), on CPU, tiny models."""
+import os
+from pathlib import Path
+
+import pytest
+
+from testkit import comfy_host, hosts
+
+_found = hosts.discover()
+HOST_PATH = Path(os.environ["AG_TEST_HOST"]) if os.environ.get("AG_TEST_HOST") else _found[0].path
+PACK = comfy_host.activate(HOST_PATH)
+
+import comfy.model_management  # noqa: E402  (the host is importable only after activation)
+
+IS_CURRENT_HOST = hasattr(comfy.samplers, "CFGGuider")
+
+
+def pytest_report_header() -> str:
+    return f"ComfyUI host: {hosts.describe(HOST_PATH)} at {HOST_PATH}"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """``tiny("sd1")``: a tiny checkpoint per family, built once per session (tests clone, never mutate it)."""
+    from testkit.tiny_models import tiny_checkpoint
+
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = tiny_checkpoint(family)
+        return built[family]
+
+    return get

@@ -1,0 +1,32 @@
+"""Sampling helpers for host tests: the host's own conditioning, noise, schedules and ``sample_custom``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import comfy.sample
+import comfy.samplers
+import nodes
+
+
+def encode(clip: Any, text: str) -> list:
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def sigmas(model: Any, scheduler: str, steps: int) -> torch.Tensor:
+    if hasattr(comfy.samplers, "calculate_sigmas") and hasattr(model, "get_model_object"):
+        return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+    return comfy.samplers.calculate_sigmas_scheduler(model.model, scheduler, steps).cpu()  # early-2024 host
+
+
+def sample_custom(model: Any, clip: Any, sampler: Any, steps: int = 2, prompt: str = "a cat and a frog",
+                  width: int = 256, height: int = 256, batch: int = 1, seed: int = 0, cfg: float = 7.0,
+                  scheduler: str = "normal") -> torch.Tensor:
+    """``SamplerCustom``'s path: the host's noise for ``seed``, the schedule, and ``comfy.sample.sample_custom``."""
+    with torch.inference_mode():
+        positive, negative = encode(clip, prompt), encode(clip, "")
+        latent = nodes.EmptyLatentImage().generate(width, height, batch)[0]["samples"]
+        noise = comfy.sample.prepare_noise(latent, seed)
+        return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas(model, scheduler, steps), positive,
+                                          negative, latent, seed=seed)
