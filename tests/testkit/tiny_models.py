@@ -70,6 +70,7 @@ class TinyCheckpoint:
     vae: Any  # comfy.sd.VAE
 
 
+@torch.no_grad()
 def _randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Weights drawn with std 1/sqrt(fan_in) so activations and attention logits are O(1); norms start at 1."""
     for name, parameter in module.named_parameters():
@@ -142,7 +143,7 @@ class _TinySDXLClip(comfy.sdxl_clip.SDXLClipModel):
         self.dtypes = {dtype}
 
 
-def tiny_clip(family: str, directory: Path) -> Any:
+def tiny_clip(family: str, directory: Path, embedding_directory: str | None = None) -> Any:
     if family == "sd1":
         encoder = functools.partial(
             comfy.sd1_clip.SD1ClipModel, clip_model=_text_encoder,
@@ -162,7 +163,8 @@ def tiny_clip(family: str, directory: Path) -> Any:
             "config_files": (_text_config_file(directory, "clip_l", half), _text_config_file(directory, "clip_g", half)),
         })
         tokenizer = comfy.sdxl_clip.SDXLTokenizer
-    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(tokenizer, encoder))
+    target = comfy.supported_models_base.ClipTarget(tokenizer, encoder)
+    clip = comfy.sd.CLIP(target=target, embedding_directory=embedding_directory)
     generator = torch.Generator().manual_seed(SEED + 1)
     _randomize(clip.cond_stage_model, generator)
     return clip

@@ -1,0 +1,9 @@
+"""Node registry: every node module exports NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS."""
+from . import tokens
+
+_NODE_MODULES = (tokens,)
+
+NODE_CLASS_MAPPINGS = {node_id: cls for module in _NODE_MODULES for node_id, cls in module.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    node_id: name for module in _NODE_MODULES for node_id, name in module.NODE_DISPLAY_NAME_MAPPINGS.items()
+}

@@ -1,0 +1,12 @@
+"""Names shared by the node adapters: categories, custom socket types, error wording."""
+from __future__ import annotations
+
+CATEGORY = "attention_guidance"
+TOKENS_TYPE = "AG_TOKENS"
+
+
+class NodeInputError(ValueError):
+    """A bad node input, worded as ``<node>: input '<name>': <what is wrong and how to fix it>``."""
+
+    def __init__(self, node: str, input_name: str, message: str) -> None:
+        super().__init__(f"{node}: input '{input_name}': {message}")
