@@ -49,3 +49,88 @@ def test_patched_output_equals_unpatched(tiny):
                             bridge.recording_sampler("euler", record))
     assert record, "the recorder did not record"
     assert (patched - plain).abs().max().item() <= 1e-5
+
+
+def replace_patches(model) -> dict:
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+
+
+def test_another_packs_patch_still_runs_and_is_wrapped(tiny):
+    checkpoint = tiny("sd1")
+    calls = []
+
+    def halve_attention(q, k, v, extra_options):  # stands in for an IPAdapter-style attn2 replace patch
+        calls.append(extra_options["block"])
+        return bridge.host_attention(q, k, v, extra_options) * 0.5
+
+    foreign = checkpoint.model.clone()
+    foreign.set_model_attn2_replace(halve_attention, "input", 7)
+    expected = sample_custom(foreign, checkpoint.clip, comfy.samplers.sampler_object("euler"))
+    calls.clear()
+
+    record = []
+    recorded = sample_custom(bridge.with_recorder(foreign), checkpoint.clip, bridge.recording_sampler("euler", record))
+    assert calls, "the other pack's patch no longer runs"
+    assert (recorded - expected).abs().max().item() <= 1e-5
+    assert len(record) == 2
+
+
+def test_installing_twice_equals_installing_once(tiny):
+    model = tiny("sdxl").model
+    once, twice = bridge.with_recorder(model), bridge.with_recorder(bridge.with_recorder(model))
+    assert replace_patches(once).keys() == replace_patches(twice).keys()
+    assert len(replace_patches(once)) == 6 * 2  # six latent/4 sites, two transformer blocks each
+    assert all(patch.wrapped is None for patch in replace_patches(twice).values())
+
+
+def test_input_model_is_not_mutated_and_each_run_starts_clean(tiny):
+    checkpoint = tiny("sd1")
+    options_before = repr(checkpoint.model.model_options)
+    recorder = bridge.with_recorder(checkpoint.model)
+    assert repr(checkpoint.model.model_options) == options_before
+    assert replace_patches(recorder) and not replace_patches(checkpoint.model)
+
+    record = []
+    sampler = bridge.recording_sampler("euler", record)
+    first = sample_custom(recorder, checkpoint.clip, sampler, steps=3)
+    first_maps = [step.maps for step in record]
+    second = sample_custom(recorder, checkpoint.clip, sampler, steps=3)
+    assert [step.step for step in record] == [0, 1, 2]
+    assert torch.equal(first, second)
+    assert all(torch.equal(a, b.maps) for a, b in zip(first_maps, record))
+    assert bridge.STORE_KEY not in recorder.model_options["transformer_options"]
+
+
+def test_batches_record_every_image(tiny):
+    checkpoint = tiny("sd1")
+    record = []
+    sample_custom(bridge.with_recorder(checkpoint.model), checkpoint.clip, bridge.recording_sampler("euler", record),
+                  batch=2)
+    assert record[0].maps.shape == (2, 8, 8, 77)
+    assert not torch.equal(record[0].maps[0], record[0].maps[1])  # different noise, different maps
+
+
+def test_unsupported_family_names_the_supported_ones():
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.Stable_Cascade_C({
+        "stable_cascade_stage": "c", "c_hidden": [32, 32], "nhead": [2, 2], "blocks": [[1, 1], [1, 1]],
+        "block_repeat": [[1, 1], [1, 1]], "c_cond": 32, "c_r": 32,
+    })
+    with torch.inference_mode():
+        model = comfy.model_patcher.ModelPatcher(comfy.model_base.StableCascade_C(config), torch.device("cpu"),
+                                                 torch.device("cpu"))
+    with pytest.raises(bridge.UnsupportedModelError, match="supports SD1.x, SD2.x and SDXL"):
+        bridge.with_recorder(model)
+
+
+def test_pack_registers_its_nodes():
+    import nodes as host_nodes
+
+    pack_nodes = ag("nodes")
+    assert {"AG_TextEncodeWithTokens", "AG_TokenPicker"} <= set(pack_nodes.NODE_CLASS_MAPPINGS)
+    for node_id, cls in pack_nodes.NODE_CLASS_MAPPINGS.items():
+        assert host_nodes.NODE_CLASS_MAPPINGS[node_id] is cls
+        assert host_nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == cls.DISPLAY_NAME

@@ -86,6 +86,7 @@ def _randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
 def _unet_config(family: str) -> tuple[Any, comfy.model_base.ModelType]:
     if family == "sd1":
         config = comfy.supported_models.SD15({**_UNET_COMMON, **_SD_LAYOUT, "use_linear_in_transformer": False})
+        config.unet_config.update(num_heads=-1, num_head_channels=16)  # 2/4/8 heads: cheap full-size attention
         return config, comfy.model_base.ModelType.EPS
     if family == "sd2":
         config = comfy.supported_models.SD20({**_UNET_COMMON, **_SD_LAYOUT, "use_linear_in_transformer": True})

