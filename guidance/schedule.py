@@ -93,3 +93,17 @@ def percent_to_step(percent: float, steps: int) -> int:
 def _check_step(step: int, steps: int) -> None:
     if not 0 <= step < steps:
         raise ValueError(f"step {step} is outside a {steps}-step run")
+
+
+def parse_refinement(percents: str, thresholds: str) -> tuple[RefinementPoint, ...]:
+    """``"0, 20, 40"`` and ``"0.05, 0.5, 0.8"`` -> refinement points; empty strings mean no refinement."""
+    def numbers(text: str, what: str) -> list[float]:
+        try:
+            return [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        except ValueError as error:
+            raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from error
+
+    steps, targets = numbers(percents, "refinement percents"), numbers(thresholds, "refinement thresholds")
+    if len(steps) != len(targets):
+        raise ValueError(f"{len(steps)} refinement percents but {len(targets)} thresholds; give one threshold per point")
+    return tuple(RefinementPoint(p, t) for p, t in zip(steps, targets))

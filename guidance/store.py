@@ -14,11 +14,18 @@ class AttentionStore:
     ``add`` takes ``[B, heads, h·w, T]`` probabilities; ``aggregate`` returns their mean over all heads of all
     layers recorded at one level, ``[B, h, w, T]`` (not renormalised, like the reference aggregation).
     Recording happens only while ``recording`` is on; tensors keep their autograd graph.
+
+    In a guidance pass (``guidance_pass``) recorded layers compute their output from the recorded probabilities, so
+    gradients flow through one attention computation, and ``expected_rows`` (rows x recorded layers of one full
+    forward) tells the recorder when every map the loss needs is in, so the rest of the UNet can be skipped.
     """
 
-    def __init__(self, token_count: int) -> None:
+    def __init__(self, token_count: int, guidance_pass: bool = False, expected_rows: int | None = None) -> None:
         self.token_count = token_count
+        self.guidance_pass = guidance_pass
+        self.expected_rows = expected_rows
         self.recording = False
+        self._rows = 0
         self._sums: dict[int, torch.Tensor] = {}
         self._map_counts: dict[int, int] = {}
         self._shapes: dict[int, tuple[int, int]] = {}
@@ -47,6 +54,11 @@ class AttentionStore:
             self._shapes[level] = (height, width)
             self._map_counts[level] = 0
         self._map_counts[level] += heads
+        self._rows += batch
+
+    @property
+    def complete(self) -> bool:
+        return self.expected_rows is not None and self._rows >= self.expected_rows
 
     def levels(self) -> list[int]:
         return sorted(self._sums)
@@ -59,6 +71,7 @@ class AttentionStore:
         return mean.reshape(mean.shape[0], height, width, self.token_count)
 
     def clear(self) -> None:
+        self._rows = 0
         self._sums.clear()
         self._map_counts.clear()
         self._shapes.clear()

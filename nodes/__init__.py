@@ -1,7 +1,14 @@
 """Node registry: every node module exports NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS."""
-from . import tokens
+import os
 
-_NODE_MODULES = (tokens,)
+from . import guided, regulation, tokens
+
+_NODE_MODULES = (tokens, guided, regulation)
+
+if os.environ.get("AG_TEST_NODES") == "1":  # test-only loader of tiny models, set by the test harness
+    from ..tests.testkit import tiny_loader_node
+
+    _NODE_MODULES += (tiny_loader_node,)
 
 NODE_CLASS_MAPPINGS = {node_id: cls for module in _NODE_MODULES for node_id, cls in module.NODE_CLASS_MAPPINGS.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 CATEGORY = "attention_guidance"
 TOKENS_TYPE = "AG_TOKENS"
+GUIDANCE_TYPE = "AG_GUIDANCE"
+ATTENTION_TYPE = "AG_ATTENTION"
 
 
 class NodeInputError(ValueError):

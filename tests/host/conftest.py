@@ -10,10 +10,6 @@ _found = hosts.discover()
 HOST_PATH = Path(os.environ["AG_TEST_HOST"]) if os.environ.get("AG_TEST_HOST") else _found[0].path
 PACK = comfy_host.activate(HOST_PATH)
 
-import comfy.model_management  # noqa: E402  (the host is importable only after activation)
-
-IS_CURRENT_HOST = hasattr(comfy.samplers, "CFGGuider")
-
 
 def pytest_report_header() -> str:
     return f"ComfyUI host: {hosts.describe(HOST_PATH)} at {HOST_PATH}"

@@ -19,11 +19,17 @@ _active_pack: ModuleType | None = None
 
 
 
-def activate(host_path: Path) -> ModuleType:
+def activate(host_path: Path, test_nodes: bool = True) -> ModuleType:
     """Import ComfyUI from ``host_path`` in CPU mode, register its extra nodes and load this pack.
 
-    Returns the pack's module as ComfyUI loaded it, so callers use the same objects the host uses.
+    ``test_nodes`` sets ``AG_TEST_NODES=1`` so that the pack also registers its test-only nodes
+    (``AG_TestTinyCheckpoint``); ``False`` removes the variable. Returns the pack's module as ComfyUI loaded it, so
+    callers use the same objects the host uses.
     """
+    if test_nodes:
+        os.environ["AG_TEST_NODES"] = "1"
+    else:
+        os.environ.pop("AG_TEST_NODES", None)
     if "comfy" in sys.modules:
         raise RuntimeError("a ComfyUI host is already imported in this process")
     sys.argv = sys.argv[:1]

@@ -9,6 +9,9 @@ import comfy.sample
 import comfy.samplers
 import nodes
 
+# The current host guides through CFGGuider and sampler wrappers; the 2024 host has neither.
+IS_CURRENT_HOST = hasattr(comfy.samplers, "CFGGuider")
+
 
 def encode(clip: Any, text: str) -> list:
     return nodes.CLIPTextEncode().encode(clip, text)[0]

@@ -180,8 +180,8 @@ def tiny_vae(generator: torch.Generator) -> Any:
 def tiny_checkpoint(family: str) -> TinyCheckpoint:
     """A fresh tiny model, CLIP and VAE of ``family`` ("sd1", "sd2" or "sdxl"), deterministic across calls."""
     generator = torch.Generator().manual_seed(SEED)
-    with torch.inference_mode():
+    with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="ag-tiny-clip-") as config_directory:
         model = tiny_unet(family, generator)
-        clip = tiny_clip(family, Path(tempfile.mkdtemp(prefix="ag-tiny-clip-")))
+        clip = tiny_clip(family, Path(config_directory))  # the encoders read their configs while being built
         vae = tiny_vae(generator)
     return TinyCheckpoint(family, model, clip, vae)
