@@ -22,5 +22,10 @@ test: env
 demo: env
 	$(PY) scripts/demo.py
 
+# One JSON document: guided vs plain sampling, time and peak memory, on the tiny models;
+# `make bench CHECKPOINT=path/to/model.safetensors` adds the same rows on that checkpoint.
+bench: env
+	CHECKPOINT="$(CHECKPOINT)" $(PY) scripts/bench.py
+
 clean:
 	rm -rf $(VENV) demo_out bench_out

@@ -125,7 +125,7 @@ def test_a_batch_equals_its_images_sampled_alone(tiny):
         alone, _ = guided_ksampler(checkpoint.model, single, spec)
         # Batched and single convolutions round differently, and guidance steps (x ~200 at high sigma) amplify it.
         torch.testing.assert_close(together[index:index + 1], alone, atol=5e-3, rtol=1e-4)
-        assert (together[index:index + 1] - alone).abs().mean() < 1e-4
+        assert (together[index:index + 1] - alone).abs().mean() < 1e-5 * alone.abs().mean()
     assert not torch.allclose(together[0], together[1])
 
 
