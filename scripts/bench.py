@@ -103,27 +103,8 @@ def use_cuda() -> bool:
 
 
 def activate_host(path: Path, cuda: bool) -> None:
-    """``comfy_host.activate`` on CPU; on a CUDA machine the same steps without forcing ComfyUI's CPU mode."""
-    if not cuda:
-        comfy_host.activate(path, test_nodes=False)
-        return
-    import asyncio
-    import logging
-
-    sys.argv = sys.argv[:1]
-    sys.path.insert(0, str(path))
-    import comfy.model_management  # noqa: F401
-
-    if (path / "utils" / "__init__.py").is_file():
-        import utils  # noqa: F401
-    import nodes
-
-    logging.getLogger().setLevel(logging.WARNING)
-    if hasattr(nodes, "init_builtin_extra_nodes"):
-        asyncio.run(nodes.init_builtin_extra_nodes())
-    else:
-        nodes.init_custom_nodes()
-    comfy_host._active_pack = comfy_host.load_pack(nodes)
+    """``comfy_host.activate``, leaving ComfyUI's device choice alone on a CUDA machine."""
+    comfy_host.activate(path, test_nodes=False, cpu=not cuda)
 
 
 class Memory:

@@ -19,8 +19,9 @@ _active_pack: ModuleType | None = None
 
 
 
-def activate(host_path: Path, test_nodes: bool = True) -> ModuleType:
-    """Import ComfyUI from ``host_path`` in CPU mode, register its extra nodes and load this pack.
+def activate(host_path: Path, test_nodes: bool = True, cpu: bool = True) -> ModuleType:
+    """Import ComfyUI from ``host_path`` (in CPU mode unless ``cpu`` is False), register its extra nodes and load
+    this pack.
 
     ``test_nodes`` sets ``AG_TEST_NODES=1`` so that the pack also registers its test-only nodes
     (``AG_TestTinyCheckpoint``); ``False`` removes the variable. Returns the pack's module as ComfyUI loaded it, so
@@ -36,7 +37,7 @@ def activate(host_path: Path, test_nodes: bool = True) -> ModuleType:
     sys.path.insert(0, str(host_path))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True  # must precede comfy.model_management
+    comfy.cli_args.args.cpu = cpu  # must precede comfy.model_management
     import comfy.model_management  # noqa: F401
 
     if (host_path / "utils" / "__init__.py").is_file():
