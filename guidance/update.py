@@ -61,11 +61,8 @@ def make_autograd_ready(module: torch.nn.Module) -> None:
 @contextmanager
 def saved_tensor_guard(enabled: bool) -> Iterator[None]:
     """Copy tensors autograd saves, for hosts whose forward modifies saved activations in place (``x += n``)."""
-    if not enabled:
-        with nullcontext():
-            yield
-        return
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone() if t.requires_grad else t, lambda t: t):
+    hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone() if t.requires_grad else t, lambda t: t)
+    with hooks if enabled else nullcontext():
         yield
 
 
