@@ -1,6 +1,6 @@
 """AG_GUIDANCE: which losses steer the latent (terms, each with a weight) and when (the schedule).
 
-A term evaluates aggregated attention maps ``[B, h, w, T]`` (latent/4 layers) and returns one loss per image ``[B]``;
+A term evaluates the attention of one guidance pass (:class:`TermInputs`) and returns one loss per image ``[B]``;
 the engine minimises the weighted sum. At refinement points the engine keeps updating an image while any term
 says its target is unmet.
 """
@@ -17,11 +17,26 @@ from .schedule import GuidanceSchedule
 from .tokens import SubjectTokens
 
 
+@dataclass(frozen=True)
+class TermInputs:
+    """What every term sees in one guidance pass of loop index ``step`` of a ``steps``-step run.
+
+    ``maps`` ``[B, h, w, T]``: the pass's aggregated latent/4 attention, carrying the latent's gradient.
+    ``previous`` ``[B, h, w, T]``: the latent/4 maps of the previous guided step's first pass of this run, detached;
+    None at the run's first guided step.
+    """
+
+    maps: torch.Tensor
+    step: int
+    steps: int
+    previous: torch.Tensor | None = None
+
+
 class LossTerm(Protocol):
     weight: float
 
-    def evaluate(self, maps: torch.Tensor, step: int, steps: int) -> Any:
-        """Loss of ``maps`` ``[B, h, w, T]``; the result has ``.loss`` ``[B]``."""
+    def evaluate(self, inputs: TermInputs) -> Any:
+        """The term's loss; the result has ``.loss`` ``[B]``."""
 
     def unmet(self, result: Any, threshold: float) -> torch.Tensor:
         """``[B]`` bool: images whose target at this refinement threshold is not reached yet."""
@@ -34,8 +49,8 @@ class AttendExciteTerm:
     config: AttendExciteConfig = AttendExciteConfig()
     weight: float = 1.0
 
-    def evaluate(self, maps: torch.Tensor, step: int, steps: int) -> Any:
-        return attend_excite_loss(maps, self.subjects, self.config, self.word_positions)
+    def evaluate(self, inputs: TermInputs) -> Any:
+        return attend_excite_loss(inputs.maps, self.subjects, self.config, self.word_positions)
 
     def unmet(self, result: Any, threshold: float) -> torch.Tensor:
         return needs_refinement(result.loss, threshold)

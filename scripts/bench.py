@@ -143,12 +143,12 @@ class Memory:
 
 
 class PassCounter:
-    """Counts and times the guidance passes of a run by wrapping the bridge's pass and step functions."""
+    """Counts and times the guidance passes of a run by wrapping the sampling module's pass and step functions."""
 
-    def __init__(self, bridge: Any, synchronize: Callable[[], None]) -> None:
+    def __init__(self, sampling: Any, synchronize: Callable[[], None]) -> None:
         self.guided_steps = self.passes = self.refinement_iterations = 0
         self.pass_seconds = 0.0
-        guide_latent, latent_gradient = bridge.guide_latent, bridge.latent_gradient
+        guide_latent, latent_gradient = sampling.guide_latent, sampling.latent_gradient
 
         @functools.wraps(guide_latent)
         def counted_guide_latent(*args: Any, **kwargs: Any) -> Any:
@@ -167,7 +167,7 @@ class PassCounter:
             self.passes += 1
             return result
 
-        bridge.guide_latent, bridge.latent_gradient = counted_guide_latent, timed_latent_gradient
+        sampling.guide_latent, sampling.latent_gradient = counted_guide_latent, timed_latent_gradient
 
     def take(self) -> dict:
         counts = {"guided_steps": self.guided_steps, "guidance_passes": self.passes,
@@ -223,7 +223,8 @@ def run_case(case: Case) -> dict:
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     node = nodes.NODE_CLASS_MAPPINGS
-    bridge = comfy_host.ag("guidance.comfy_bridge")
+    doors = comfy_host.ag("guidance.comfy_bridge.doors")
+    sampling = comfy_host.ag("guidance.comfy_bridge.sampling")
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
 
     model, clip, model_name = load_model(case.model)
@@ -240,15 +241,15 @@ def run_case(case: Case) -> dict:
         spec = build(tokens, *AE_DEFAULTS)[0]
         warmup_spec = build(tokens, *AE_DEFAULTS[:4], 1, *AE_DEFAULTS[5:])[0]  # one refinement iteration
         if case.kind == "guided_no_early_stop":  # the Guided KSampler's own path, with the early stop off
-            guided_sampler = bridge.guided_sampler
+            guided_sampler = doors.guided_sampler
 
             def sampler_without_early_stop(*args: Any, **kwargs: Any) -> Any:
                 nonlocal built
                 built += 1
                 return guided_sampler(*args, **{**kwargs, "early_stop": False})
 
-            bridge.guided_sampler = sampler_without_early_stop
-        counter = PassCounter(bridge, synchronize)
+            doors.guided_sampler = sampler_without_early_stop
+        counter = PassCounter(sampling, synchronize)
 
         def sample(steps: int, warmup: bool = False) -> None:
             node["AG_GuidedKSampler"]().sample(model, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative,
@@ -274,8 +275,8 @@ def run_case(case: Case) -> dict:
     seconds = time.perf_counter() - start
     peak = memory.peak()
     if case.kind == "guided_no_early_stop" and built != 2:  # the warm-up's sampler and the run's
-        raise RuntimeError("the Guided KSampler no longer builds its sampler through comfy_bridge.guided_sampler; "
-                           "update how this bench turns the early stop off")
+        raise RuntimeError("the Guided KSampler no longer builds its sampler through "
+                           "comfy_bridge.doors.guided_sampler; update how this bench turns the early stop off")
     return {"time_s": seconds, "peak_mib": peak / 2 ** 20, "peak_over_model_mib": (peak - memory.baseline) / 2 ** 20,
             **(counter.take() if counter is not None else {}),
             "size": size, "model": model_name, "device": device_description(cuda), "memory": memory.method()}

@@ -1,11 +1,8 @@
 """The attention recorder on a real host: exact outputs, layer selection, composition with other patches."""
-import json
-
 import pytest
 import torch
 
 import comfy.samplers
-from testkit import REFERENCE_DIR
 from testkit.comfy_host import ag
 from testkit.sampling import sample_custom
 

@@ -2,7 +2,6 @@
 import logging
 from dataclasses import dataclass
 
-import pytest
 import torch
 
 from attention_guidance.guidance.schedule import GuidanceSchedule, RefinementPoint
