@@ -1,6 +1,15 @@
 """Attention Regulation (Zhang et al., ECCV 2024): on-the-fly edit of cross-attention logits (methods.md §5)."""
 from .basis import MIN_MAP_SIZE, axis_centres, basis_size, gaussian_basis, supports_map
-from .bias import BiasSearch, LossTerms, basis_bias, loss_terms, optimise_bias, target_attention
+from .bias import (
+    BiasSearch,
+    LossTerms,
+    basis_bias,
+    coded_biased_attention,
+    loss_terms,
+    optimise_bias,
+    target_attention,
+    target_only_biased_attention,
+)
 from .config import RegulationConfig, RegulationMode
 from .edit import (
     RegulationDiagnostics,
@@ -24,6 +33,7 @@ __all__ = [
     "basis_bias",
     "basis_size",
     "blend_bias",
+    "coded_biased_attention",
     "edited_logits",
     "edited_probabilities",
     "gaussian_basis",
@@ -33,4 +43,5 @@ __all__ = [
     "regulate",
     "supports_map",
     "target_attention",
+    "target_only_biased_attention",
 ]

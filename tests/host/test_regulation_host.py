@@ -205,10 +205,6 @@ def test_batch_images_each_get_their_own_bias(tiny):
     assert not torch.allclose(pair[0].after[0], pair[0].after[1], atol=1e-3)
 
 
-@pytest.mark.skipif(not IS_CURRENT_HOST, reason=(
-    "on the 2024 host (no per-run sampler wrapper) the regulated image differs after earlier tests in the same "
-    "process when the recorder wraps the regulation patch: the sigma-based run detection keeps state across runs; "
-    "open bug, the current host runs this test"))
 def test_composes_with_the_recorder(tiny):
     checkpoint = tiny("sdxl")
     reference = sample_custom(regulated(checkpoint, edit_steps=1, iterations=5), checkpoint.clip,

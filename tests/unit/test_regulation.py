@@ -223,6 +223,25 @@ def test_default_rows_sum_to_one_and_targets_gain_attention():
     assert output.probabilities.dtype == torch.float32 and output.probabilities.shape == logits.shape
 
 
+@pytest.mark.parametrize("size", [(16, 16), (24, 40)])
+def test_target_only_search_equals_the_coded_arithmetic(size: tuple[int, int]):
+    """Default mode's target-column search gives the coded bias, target attention and gradient (to fp32 rounding)."""
+    height, width = size
+    generator = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(6, height, width, 77, generator=generator)
+    targets = torch.tensor([4, 9, 10])
+    basis = R.gaussian_basis(height, width)
+    weights = torch.rand(6, basis.shape[0], 3, generator=generator).requires_grad_(True)
+    coded_bias, coded = R.coded_biased_attention(logits, targets, basis)(weights)
+    fast_bias, fast = R.target_only_biased_attention(logits, targets, basis)(weights)
+    upstream = torch.randn(coded.shape, generator=generator)
+    coded_gradient = torch.autograd.grad((coded * upstream).sum(), weights)[0]
+    fast_gradient = torch.autograd.grad((fast * upstream).sum(), weights)[0]
+    torch.testing.assert_close(fast_bias, coded_bias, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(fast, coded, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast_gradient, coded_gradient, atol=1e-5, rtol=1e-4)
+
+
 def test_default_selects_per_image_so_an_image_does_not_depend_on_its_batch():
     logits, weights = batch_of_two()
     batch = R.regulate(logits, WIDTH, WIDTH, TARGETS, 3, None, weights, None)
