@@ -14,7 +14,7 @@ import torch
 import comfy.samplers
 import nodes
 from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, encode, sample_custom
+from testkit.sampling import encode, sample_custom
 
 bridge = ag("guidance.comfy_bridge")
 tokens_module = ag("guidance.tokens")
