@@ -23,6 +23,14 @@ import torch.nn.functional as F
 from .losses.astar import Layout, masks_to_grid
 
 
+class LayoutError(ValueError):
+    """A bad layout; ``subject`` is the 0-based index of the subject whose mask is at fault, if one is."""
+
+    def __init__(self, message: str, subject: int | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
 @dataclass(frozen=True)
 class Box:
     """A box in fractions of the image: left ``x``, top ``y``, width ``w``, height ``h``."""
@@ -81,12 +89,13 @@ def stack_masks(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     batches = [mask[None] if mask.dim() == 2 else mask for mask in masks]
     for index, mask in enumerate(batches, start=1):
         if mask.dim() != 3:
-            raise ValueError(f"mask {index} has shape {tuple(mask.shape)}; give a MASK ([H, W] or [N, H, W])")
+            raise LayoutError(f"mask {index} has shape {tuple(mask.shape)}; give a MASK ([H, W] or [N, H, W])",
+                              index - 1)
     count = max(mask.shape[0] for mask in batches)
     for index, mask in enumerate(batches, start=1):
         if mask.shape[0] not in (1, count):
-            raise ValueError(f"mask {index} is a batch of {mask.shape[0]} masks while another has {count}; give "
-                             f"every subject either one mask or one per image")
+            raise LayoutError(f"mask {index} is a batch of {mask.shape[0]} masks while another has {count}; give "
+                              f"every subject either one mask or one per image", index - 1)
     size = batches[0].shape[-2:]
     resized = [F.interpolate(mask.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
                if mask.shape[-2:] != size else mask.float() for mask in batches]
@@ -103,16 +112,16 @@ class SubjectLayout:
     def __post_init__(self) -> None:
         masks = self.masks
         if masks.dim() != 4 or masks.shape[1] != len(self.labels):
-            raise ValueError(f"a layout needs masks [N, S, H, W] with S = {len(self.labels)} subjects "
-                             f"({', '.join(self.labels)}), got {tuple(masks.shape)}; give one mask per subject")
+            raise LayoutError(f"a layout needs masks [N, S, H, W] with S = {len(self.labels)} subjects "
+                              f"({', '.join(self.labels)}), got {tuple(masks.shape)}; give one mask per subject")
         if not torch.isfinite(masks).all() or masks.min() < 0 or masks.max() > 1:
-            raise ValueError("layout masks must hold values in 0..1")
+            raise LayoutError("layout masks must hold values in 0..1")
         empty = masks.flatten(2).amax(dim=2) == 0  # [N, S]
         if empty.any():
             image, subject = (int(i) for i in empty.nonzero()[0])
-            raise ValueError(f"the mask of '{self.labels[subject]}' (subject {subject + 1}, image {image + 1}) is "
-                             f"empty; paint the area where that subject should appear, or use an all-white mask "
-                             f"for 'anywhere'")
+            raise LayoutError(f"the mask of '{self.labels[subject]}' (subject {subject + 1}, image {image + 1}) is "
+                              f"empty; paint the area where that subject should appear, or use an all-white mask "
+                              f"for 'anywhere'", subject)
 
     def grid(self, size: tuple[int, int], batch: int) -> Layout | None:
         """The layout on an ``h×w`` attention grid for a latent batch of ``batch`` images; None if no subject has
