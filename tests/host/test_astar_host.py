@@ -105,13 +105,14 @@ def test_guidance_off_is_bit_identical_to_the_stock_ksampler(tiny, sampler, sche
     layout = box_layout(tokens)[0]
     inputs = ksampler_inputs(checkpoint, sampler, scheduler)
     stock = stock_ksampler(checkpoint.model, inputs)
+    custom_stock = sample_custom(checkpoint.model, checkpoint.clip, comfy.samplers.sampler_object(sampler), steps=4,
+                                 scheduler=scheduler, seed=3)
     for spec in (astar_node(tokens, guided_percent=0.0, layout=layout), astar_node(tokens, step_size=0.0),
                  astar_node(tokens, weight=0.0, layout=layout)):
         assert torch.equal(guided_ksampler(checkpoint.model, inputs, spec)[0], stock)
-        custom_stock = sample_custom(checkpoint.model, checkpoint.clip, comfy.samplers.sampler_object(sampler),
-                                     steps=4, scheduler=scheduler, seed=3)
-        custom_off = sample_custom(checkpoint.model, checkpoint.clip, NODES["AG_GuidedSampler"]().build(sampler, spec)[0],
-                                   steps=4, scheduler=scheduler, seed=3)
+        guided_sampler = NODES["AG_GuidedSampler"]().build(sampler, spec)[0]
+        custom_off = sample_custom(checkpoint.model, checkpoint.clip, guided_sampler, steps=4, scheduler=scheduler,
+                                   seed=3)
         assert torch.equal(custom_off, custom_stock)
         if IS_CURRENT_HOST:
             assert torch.equal(stock_ksampler(NODES["AG_ApplyGuidance"]().apply(checkpoint.model, spec)[0], inputs),
@@ -199,9 +200,9 @@ def test_retention_uses_the_maps_of_the_previous_guided_step(tiny):
         assert (result.retention > 0.5).all()
 
 
-def error(node_id, call, *args, **kwargs):
+def error(build):
     with pytest.raises(common.NodeInputError) as caught:
-        call(NODES[node_id](), *args, **kwargs)
+        build()
     return str(caught.value)
 
 
@@ -211,30 +212,25 @@ def test_bad_layouts_are_refused_with_what_to_fix(tiny):
     half = torch.zeros(1, 128, 64)
     half[:, :64] = 1
     empty = torch.zeros(1, 64, 64)
-    build = type(NODES["AG_SubjectLayout"]()).build
     assert re.fullmatch(r"Subject Layout \(masks\): input 'mask_2': the mask of 'frog' \(subject 2, image 1\) is "
-                        r"empty; paint the area .*", error("AG_SubjectLayout", build, tokens, mask_1=half,
-                                                           mask_2=empty))
+                        r"empty; paint the area .*", error(lambda: mask_layout(tokens, half, empty)))
     assert "input 'mask_2': 1 masks for 2 subjects (cat, frog); connect exactly one mask per subject" in error(
-        "AG_SubjectLayout", build, tokens, mask_1=half)
-    assert "input 'mask_3': 3 masks for 2 subjects" in error("AG_SubjectLayout", build, tokens, mask_1=half,
-                                                            mask_2=half, mask_3=half)
+        lambda: mask_layout(tokens, half))
+    assert "input 'mask_3': 3 masks for 2 subjects" in error(lambda: mask_layout(tokens, half, half, half))
     assert "input 'mask_2': not connected while a later mask is; connect the masks in subject order" in error(
-        "AG_SubjectLayout", build, tokens, mask_1=half, mask_3=half)
+        lambda: NODES["AG_SubjectLayout"]().build(tokens, mask_1=half, mask_3=half))
     assert "input 'mask_2': mask 2 is a batch of 2 masks while another has 3" in error(
-        "AG_SubjectLayout", build, tokens, mask_1=half.expand(3, -1, -1), mask_2=half.expand(2, -1, -1))
+        lambda: mask_layout(tokens, half.expand(3, -1, -1), half.expand(2, -1, -1)))
 
-    boxes = type(NODES["AG_BoxLayout"]()).build
     assert "Subject Layout (boxes): input 'boxes': box 2 ('0.6,0.5,0.5,0.5') leaves the image (x + w = 1.1" in error(
-        "AG_BoxLayout", boxes, tokens, "0,0,0.5,0.5; 0.6,0.5,0.5,0.5", 512, 512)
+        lambda: box_layout(tokens, "0,0,0.5,0.5; 0.6,0.5,0.5,0.5"))
     assert "input 'boxes': 1 boxes for 2 subjects (cat, frog); give one box per subject" in error(
-        "AG_BoxLayout", boxes, tokens, "0,0,0.5,0.5", 512, 512)
+        lambda: box_layout(tokens, "0,0,0.5,0.5"))
 
     other = tokens_module.map_subjects("a cat and a dog", bridge.prompt_tokens(checkpoint.clip, "a cat and a dog"),
                                        "cat, dog")
     assert "A-STAR (segregation + retention): input 'layout': the layout is for the subjects (cat, frog) but the " \
-           "tokens name (cat, dog)" in error("AG_AStar", type(NODES["AG_AStar"]()).build, other, 20.0, 50.0,
-                                             "half_max", "ae", 1.0, box_layout(tokens)[0])
+           "tokens name (cat, dog)" in error(lambda: astar_node(other, layout=box_layout(tokens)[0]))
 
 
 def test_a_layout_batch_that_fits_no_latent_batch_fails_at_sampling(tiny):
