@@ -5,6 +5,7 @@ CATEGORY = "attention_guidance"
 TOKENS_TYPE = "AG_TOKENS"
 GUIDANCE_TYPE = "AG_GUIDANCE"
 ATTENTION_TYPE = "AG_ATTENTION"
+LAYOUT_TYPE = "AG_LAYOUT"
 
 
 class NodeInputError(ValueError):

@@ -234,6 +234,8 @@ def test_shrunk_caps_sizes_and_steps():
     assert small["3"]["inputs"]["steps"] == 4
     assert prompt["3"]["inputs"]["steps"] == 20  # the input is not modified
     assert wf.shrunk(small) == small
+    boxes = {"1": {"class_type": "AG_BoxLayout", "inputs": {"boxes": "0,0,1,1", "width": 768, "height": 512}}}
+    assert wf.shrunk(boxes)["1"]["inputs"] == {"boxes": "0,0,1,1", "width": 256, "height": 128}
 
 
 def test_tiny_checkpoint_swap():

@@ -233,12 +233,13 @@ def with_tiny_checkpoints(prompt: dict[str, dict]) -> dict[str, dict]:
 
 
 def shrunk(prompt: dict[str, dict], max_size: int = MAX_TEST_SIZE, max_steps: int = MAX_TEST_STEPS) -> dict[str, dict]:
-    """A copy of ``prompt`` that executes in seconds on CPU: EmptyLatentImage scaled down so its longest side is at
-    most ``max_size`` (multiples of 64, aspect kept), and every literal ``steps`` input capped at ``max_steps``."""
+    """A copy of ``prompt`` that executes in seconds on CPU: EmptyLatentImage (and the preview size of the pack's
+    box layouts, which are fractions of any size) scaled down so its longest side is at most ``max_size`` (multiples
+    of 64, aspect kept), and every literal ``steps`` input capped at ``max_steps``."""
     small = copy.deepcopy(prompt)
     for node in small.values():
         inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "AG_BoxLayout"):
             width, height = inputs["width"], inputs["height"]
             if isinstance(width, int) and isinstance(height, int):
                 scale = min(1.0, max_size / max(width, height))
