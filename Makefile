@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench env clean
+.PHONY: test demo bench node-reference env clean
 
 $(STAMP): requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: env
 # `make bench CHECKPOINT=path/to/model.safetensors` adds the same rows on that checkpoint.
 bench: env
 	CHECKPOINT="$(CHECKPOINT)" $(PY) scripts/bench.py
+
+# README.md's node reference, regenerated from the node definitions (a host test checks it is current).
+node-reference: env
+	$(PY) scripts/node_reference.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out
