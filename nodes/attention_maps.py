@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import folder_paths
 import nodes as comfy_nodes
@@ -100,7 +99,8 @@ class VisualizeAttention:
         try:
             figures = attention_figures(attention, indices, options, image)
         except ValueError as error:
-            raise NodeInputError(self.DISPLAY_NAME, "image" if image is not None else "attention", str(error)) from error
+            culprit = "image" if image is not None else "attention"
+            raise NodeInputError(self.DISPLAY_NAME, culprit, str(error)) from error
         preview = comfy_nodes.PreviewImage().save_images(figures, "AG_attention")
         return {"ui": preview["ui"], "result": (figures,)}
 
