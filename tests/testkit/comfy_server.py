@@ -26,8 +26,10 @@ from testkit import REPO_ROOT
 PACK_FOLDER = "attention_guidance"
 LAUNCHER = Path(__file__).with_name("serve_host.py")
 # The frontend's first-run template browser would cover the canvas; the minimap and the canvas statistics would
-# clutter the screenshots. The 2024 frontend ignores these keys.
-SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False}
+# clutter the screenshots, and the canvas menu is not drawn the same way twice (screenshots would change on every
+# run). The 2024 frontend ignores these keys.
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
+            "Comfy.Graph.CanvasMenu": False}
 
 
 def frontend_unavailable(host: Path) -> str | None:
