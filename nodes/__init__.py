@@ -1,9 +1,9 @@
 """Node registry: every node module exports NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS."""
 import os
 
-from . import guided, regulation, tokens
+from . import combine, divide_bind, guided, regulation, tokens
 
-_NODE_MODULES = (tokens, guided, regulation)
+_NODE_MODULES = (tokens, guided, divide_bind, combine, regulation)
 
 if os.environ.get("AG_TEST_NODES") == "1":  # test-only loader of tiny models, set by the test harness
     from ..tests.testkit import tiny_loader_node
