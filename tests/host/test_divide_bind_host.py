@@ -210,3 +210,12 @@ def test_bad_input_says_what_to_fix(tiny):
                                                 0.5, False)[0]
     with pytest.raises(common.NodeInputError, match="Combine Guidance: input 'guidance_b': .*different prompts"):
         NODES["AG_CombineGuidance"]().combine(dnb_spec(checkpoint), other)
+
+
+@pytest.mark.parametrize("node_id", ["AG_DivideAndBind", "AG_CombineGuidance"])
+def test_nodes_are_registered_with_descriptions_and_tooltips(node_id):
+    node = NODES[node_id]
+    inputs = node.INPUT_TYPES()["required"]
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == node.DISPLAY_NAME and node.DESCRIPTION
+    assert node.CATEGORY == common.CATEGORY and node.RETURN_TYPES == (common.GUIDANCE_TYPE,)
+    assert all(options[1]["tooltip"] for options in inputs.values())
