@@ -20,10 +20,12 @@ from typing import NamedTuple
 
 
 class RefinementPoint(NamedTuple):
-    """Refine at ``percent`` of the steps until the method's criterion meets ``threshold``."""
+    """Refine at ``percent`` of the steps until the method's criterion meets ``threshold``, with at most
+    ``max_steps`` updates (``None``: the schedule's ``max_refinement_steps``)."""
 
     percent: float
     threshold: float
+    max_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class GuidanceSchedule:
         percents = [point.percent for point in self.refinement_points]
         if any(not 0.0 <= p <= 100.0 for p in percents) or percents != sorted(set(percents)):
             raise ValueError(f"refinement percents must be increasing and within 0..100, got {percents}")
-        if self.max_refinement_steps < 0:
-            raise ValueError(f"max_refinement_steps must be >= 0, got {self.max_refinement_steps}")
+        caps = [self.max_refinement_steps] + [p.max_steps for p in self.refinement_points if p.max_steps is not None]
+        if min(caps) < 0:
+            raise ValueError(f"refinement step caps must be >= 0, got {caps}")
         if self.scale_factor < 0 or min(self.scale_range) < 0:
             raise ValueError(f"step sizes must be >= 0, got {self.scale_factor} and {self.scale_range}")
 
@@ -64,16 +67,26 @@ class GuidanceSchedule:
         _check_step(step, steps)
         return step < self.guided_steps(steps)
 
+    def refinement_at(self, steps: int) -> dict[int, RefinementPoint]:
+        """``{step index: point}`` of the refinement points that fall on guided steps."""
+        window = self.guided_steps(steps)
+        indexed = {percent_to_step(point.percent, steps): point for point in self.refinement_points}
+        return {index: point for index, point in indexed.items() if index < window}
+
     def refinement_thresholds(self, steps: int) -> dict[int, float]:
         """``{step index: threshold}`` of the refinement points that fall on guided steps."""
-        window = self.guided_steps(steps)
-        indexed = {percent_to_step(point.percent, steps): point.threshold for point in self.refinement_points}
-        return {index: threshold for index, threshold in indexed.items() if index < window}
+        return {index: point.threshold for index, point in self.refinement_at(steps).items()}
 
     def refinement_threshold(self, step: int, steps: int) -> float | None:
         """The refinement threshold at loop index ``step``, or ``None`` where no refinement runs."""
         _check_step(step, steps)
         return self.refinement_thresholds(steps).get(step)
+
+    def refinement_cap(self, step: int, steps: int) -> int:
+        """Most refinement updates at loop index ``step``: its point's ``max_steps``, else ``max_refinement_steps``."""
+        _check_step(step, steps)
+        point = self.refinement_at(steps).get(step)
+        return self.max_refinement_steps if point is None or point.max_steps is None else point.max_steps
 
     def step_size(self, step: int, steps: int) -> float:
         """``alpha_i = scale_factor · sqrt(linspace(start, end, T)[i])`` (§1.6); a function of the loop index only."""

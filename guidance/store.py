@@ -63,6 +63,10 @@ class AttentionStore:
     def levels(self) -> list[int]:
         return sorted(self._sums)
 
+    def head_count(self, level: int) -> int:
+        """Head maps summed at ``level`` in one pass (heads x layers), the weight of its mean among levels."""
+        return self._map_counts[level]
+
     def aggregate(self, level: int) -> torch.Tensor:
         if level not in self._sums:
             raise KeyError(f"no attention was recorded at level {level} (recorded: {self.levels()})")

@@ -4,7 +4,8 @@ Shapes: latents ``x`` are ``[B, C, h, w]``; losses are ``[B]`` (each image gets 
 
 The step is A&E's ``z <- z - alpha_i · dL/dz`` expressed in k-diffusion space, ``x <- x - alpha_i (1 + sigma^2) dL/dx``
 (methods.md §1.7), with A&E's iterative refinement at refinement points (§1.6, trap T6): keep stepping while the
-loss *before* the latest step missed the target, at most ``max_refinement_steps`` times, then take the regular
+loss *before* the latest step missed the target, at most as often as the point's cap allows (its own
+``max_steps`` or the schedule's ``max_refinement_steps``), then take the regular
 step from the loss at the refined latent. Our loop reuses the step-start gradient for the first refinement step,
 which the reference recomputes at the same latent (same numbers, one forward less).
 """
@@ -99,19 +100,19 @@ def guide_latent(x: torch.Tensor, sigma: float, step: int, steps: int, spec: Gui
     Returns the new latent, the step-start pass (its maps are what the guidance saw) and a report.
     """
     report = StepReport(step, sigma)
-    alpha = spec.schedule.step_size(step, steps) * (1.0 + sigma ** 2)
+    alpha = spec.step_size(step, steps) * (1.0 + sigma ** 2)
     batch = x.shape[0]
     first = result = evaluate(x)
     report.losses.append(result.loss)
-    threshold = spec.schedule.refinement_threshold(step, steps)
-    if threshold is not None:
-        active = spec.unmet(result.results, threshold)
+    refinement = spec.refinement(step, steps)
+    if refinement is not None:
+        active = spec.unmet(result.results, refinement.thresholds)
         while active.any():
             check_interrupt()
             x = x - alpha * _finite_step(result.grad, result.loss, active, report)
             report.refinement_steps += 1
-            still_unmet = spec.unmet(result.results, threshold)  # judged on the loss before this step (T6)
-            active = active & still_unmet & (report.refinement_steps < spec.schedule.max_refinement_steps)
+            still_unmet = spec.unmet(result.results, refinement.thresholds)  # judged on the loss before this step (T6)
+            active = active & still_unmet & (report.refinement_steps < refinement.max_steps)
             result = evaluate(x)
             report.losses.append(result.loss)
     x = x - alpha * _finite_step(result.grad, result.loss, torch.ones(batch, dtype=torch.bool), report)

@@ -13,12 +13,12 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.samplers
 
-from ..layers import GUIDANCE_LEVEL
-from ..spec import GuidanceSpec, TermInputs
+from ..layers import GUIDANCE_LEVEL, sites_at_level
+from ..spec import GuidanceSpec, LevelMaps, TermInputs
 from ..store import AttentionStore
 from ..update import PassResult, guide_latent, latent_gradient, make_autograd_ready
 from .recorder import _ForwardComplete, options_with_recorder, options_with_store, positive_token_count, recording
-from .sites import guidance_sites
+from .sites import attention_sites, guidance_sites
 
 logger = logging.getLogger("attention_guidance")
 
@@ -87,16 +87,23 @@ class SamplingRun:
         base_model = model_k.inner_model.inner_model
         sites = guidance_sites(base_model)
         token_count = positive_token_count(model_k, extra_args)
-        options = options_with_recorder(extra_args.get("model_options", {}), sites)
+        model_options = extra_args.get("model_options", {})
         self.record_store = AttentionStore(token_count)
-        self.sampling_options = options_with_store(options, self.record_store)
+        self.sampling_options = options_with_store(options_with_recorder(model_options, sites), self.record_store)
         if spec is not None and spec.active:
             self._base_model = base_model
             self._positive = _positive_conds(model_k, extra_args)
-            layer_calls = sum(site.depth for site in sites)
+            # The guidance pass records latent/4 and the extra levels the terms read; the sampling passes record
+            # latent/4 only, for AG_ATTENTION.
+            all_sites = attention_sites(base_model)
+            self._extra_levels = [level for level in spec.levels
+                                  if level != GUIDANCE_LEVEL and sites_at_level(all_sites, level)]
+            guided_sites = sites + [site for level in self._extra_levels for site in sites_at_level(all_sites, level)]
+            layer_calls = sum(site.depth for site in guided_sites)
             self._guidance_store = AttentionStore(token_count, guidance_pass=True,
                                                   expected_rows=x.shape[0] * layer_calls if early_stop else None)
-            self._guidance_options = options_with_store(options, self._guidance_store)
+            self._guidance_options = options_with_store(options_with_recorder(model_options, guided_sites),
+                                                        self._guidance_store)
 
     def end_of_step(self) -> None:
         self.step += 1
@@ -121,9 +128,11 @@ class SamplingRun:
             with recording(store):
                 _conditional_forward(self._base_model, self._positive, x, sigma, self._guidance_options)
             maps = store.aggregate(GUIDANCE_LEVEL)
-            inputs = TermInputs(maps, self.step, self.steps, self.previous_maps)
+            level_maps = {level: LevelMaps(store.aggregate(level), store.head_count(level))
+                          for level in self._extra_levels}
+            inputs = TermInputs(maps, self.step, self.steps, self.previous_maps, level_maps)
             results = [term.evaluate(inputs) for term in spec.terms]
-            return results, spec.total_loss(results), maps
+            return results, spec.total_loss(results, self.step, self.steps), maps
 
         def evaluate(x: torch.Tensor) -> PassResult:
             make_autograd_ready(self._base_model.diffusion_model)

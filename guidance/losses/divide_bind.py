@@ -80,9 +80,11 @@ class DivideBindConfig:
         return _MAX_POINTS if self.mode == "max" else _TV_POINTS
 
     def schedule(self) -> GuidanceSchedule:
-        """A&E's guided window and step size with D&B's refinement points and cap (the first-step cap is
-        ``max_refinement_steps_first_step``)."""
-        return GuidanceSchedule(refinement_points=self.points(), max_refinement_steps=self.max_refinement_steps)
+        """A&E's guided window and step size with D&B's refinement points and caps: a point at 0 % (loop index 0)
+        allows ``max_refinement_steps_first_step`` updates, the others ``max_refinement_steps``."""
+        points = tuple(point._replace(max_steps=self.max_refinement_steps_first_step) if point.percent == 0.0
+                       else point for point in self.points())
+        return GuidanceSchedule(refinement_points=points, max_refinement_steps=self.max_refinement_steps)
 
     def binding_coefficient(self, step: int, steps: int) -> float:
         """``coef(i)`` at loop index ``step`` of a ``steps``-step run: the last entry that starts at or before it."""

@@ -187,6 +187,7 @@ def test_defaults_are_the_latest_pipeline():
     assert config.max_refinement_steps == config.schedule().max_refinement_steps == caps["max_refinement_steps"]
     assert config.max_refinement_steps_first_step == caps["max_refinement_steps_init_step_(i==0)"] == 100
     schedule = config.schedule()
+    assert [schedule.refinement_cap(i, STEPS) for i in (0, 10, 20)] == [100, 50, 50]
     assert schedule.scale_factor == official["scale_factor"] == 20
     assert schedule.guided_steps(STEPS) == official["max_iter_to_alter"] == 25
     assert schedule.step_size(20, STEPS) == pytest.approx(17.8428514, abs=1e-5)

@@ -104,3 +104,12 @@ def test_steps_outside_the_run_are_rejected():
 def test_invalid_schedules_are_rejected(kwargs: dict):
     with pytest.raises(ValueError):
         S.GuidanceSchedule(**kwargs)
+
+
+def test_refinement_caps_per_point():
+    points = (S.RefinementPoint(0.0, 0.05, max_steps=100), S.RefinementPoint(20.0, 0.2), S.RefinementPoint(40.0, 0.3))
+    schedule = S.GuidanceSchedule(refinement_points=points, max_refinement_steps=50)
+    assert [schedule.refinement_cap(i, 50) for i in (0, 10, 20, 5)] == [100, 50, 50, 50]
+    assert schedule.refinement_thresholds(50) == {0: 0.05, 10: 0.2, 20: 0.3}
+    with pytest.raises(ValueError, match="caps must be >= 0"):
+        S.GuidanceSchedule(refinement_points=(S.RefinementPoint(0.0, 0.1, max_steps=-1),))

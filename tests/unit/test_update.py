@@ -18,9 +18,10 @@ class LinearTerm:
 
     met_at: float
     weight: float = 1.0
+    levels = ()
 
-    def evaluate(self, maps, step, steps):
-        return maps  # the "maps" are the latent itself here
+    def evaluate(self, inputs):
+        return inputs.maps  # the "maps" are the latent itself here
 
     def unmet(self, result, threshold):
         return result.flatten(1)[:, 0] < self.met_at
@@ -64,6 +65,17 @@ def test_refinement_cap_and_plain_steps():
     plain, report, passes = run(torch.zeros(1, 1), LinearTerm(met_at=1e9), schedule(threshold_at=50.0), step=1)
     assert report.refinement_steps == 0 and len(passes) == 1  # step 1 is no refinement point
     torch.testing.assert_close(plain, torch.full((1, 1), schedule().step_size(1, 10) * (1 + SIGMA ** 2)))
+
+
+def test_a_point_with_its_own_cap_overrides_the_schedule_cap():
+    step_length = schedule().step_size(0, 10) * (1 + SIGMA ** 2)
+    points = (RefinementPoint(0.0, 0.5, max_steps=5), RefinementPoint(50.0, 0.5))
+    capped = GuidanceSchedule(guided_percent=100.0, refinement_points=points, max_refinement_steps=2)
+    first, report, _ = run(torch.zeros(1, 1), LinearTerm(met_at=1e9), capped)
+    assert report.refinement_steps == 5
+    torch.testing.assert_close(first, torch.full((1, 1), 6 * step_length))
+    _, report, _ = run(torch.zeros(1, 1), LinearTerm(met_at=1e9), capped, step=5)
+    assert report.refinement_steps == 2
 
 
 def test_each_image_refines_on_its_own_criterion():
