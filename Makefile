@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench node-reference env clean
+.PHONY: test demo bench node-reference screenshots env clean
 
 $(STAMP): requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: env
 # README.md's node reference, regenerated from the node definitions (a host test checks it is current).
 node-reference: env
 	$(PY) scripts/node_reference.py
+
+# docs/screenshots: every workflow in the first host's web page (the browser test, its screenshots kept).
+screenshots: env $(CHROMIUM)
+	cd tests && AG_SCREENSHOTS=$(CURDIR)/docs/screenshots \
+	  AG_TEST_HOST="$$(../$(PY) -c 'from testkit import hosts; print(hosts.discover()[0].path)')" \
+	  ../$(PY) -m pytest host/test_frontend.py -q -k shipped_workflow_loads
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

@@ -6,6 +6,7 @@ Rows, each against plain sampling (the stock KSampler) of the same model, size, 
   the early stop of the guidance forward (which skips the UNet's blocks after the last latent/4 layer), with where
   the time goes: guidance passes (forward + backward), refinement iterations, time per pass against time per plain
   step.
+* Divide & Bind and A-STAR with their node defaults through the Guided KSampler, on the same model and settings.
 * Attention Regulation (its node, then the stock KSampler) at 512x512 or more, so that its layers' maps are 16x16.
 
 Always on the tiny random-weight models, and also on a real checkpoint when ``CHECKPOINT=path`` is set. Each
@@ -38,10 +39,11 @@ from testkit import comfy_host, hosts  # noqa: E402
 PROMPT, SUBJECTS, NEGATIVE = "a cat and a frog", "cat, frog", ""
 SEED, CFG, SAMPLER, SCHEDULER = 42, 7.5, "euler", "normal"
 WARMUP_STEPS = 2
-AE_TARGET, AR_TARGET = 1.5, 1.2
-# Attend-and-Excite node defaults: step size, guided %, refinement %, thresholds, max refinement steps, smoothing,
-# smoothing sigma, normalize_eot.
-AE_DEFAULTS = (20.0, 50.0, "0, 20, 40", "0.05, 0.5, 0.8", 20, True, 0.5, False)
+AR_TARGET = 1.2
+TIME_TARGETS = {"attend_and_excite": 1.5}  # guided/plain wall time the project aims at, per latent-guidance method
+# Latent-guidance methods measured with their node's defaults, by row name.
+GUIDANCE_NODES = {"attend_and_excite": "AG_AttendAndExcite", "divide_and_bind": "AG_DivideAndBind",
+                  "astar": "AG_AStar"}
 AR_ITERATIONS, AR_MODE = 20, "default"
 WORKER_FLAG = "--case"
 
@@ -49,19 +51,22 @@ WORKER_FLAG = "--case"
 @dataclass(frozen=True)
 class Case:
     """One measured configuration. ``kind``: plain, guided, guided_no_early_stop or regulated; ``model``: a tiny
-    family (``tiny-sd1``, ``tiny-sdxl``) or a checkpoint path; ``size`` 0: the model's native size."""
+    family (``tiny-sd1``, ``tiny-sdxl``) or a checkpoint path; ``size`` 0: the model's native size; ``method``: a
+    key of ``GUIDANCE_NODES`` (guided kinds)."""
 
     kind: str
     model: str
     size: int
     steps: int
     edit_steps: int = 0  # Attention Regulation only
+    method: str = ""
 
 
 @dataclass(frozen=True)
 class Suite:
-    """The cases of one row set: Attend-and-Excite on ``ae_model``, Attention Regulation on ``ar_model``; each case
-    is measured ``rounds`` times, the rounds interleaved so that a change in the machine's load hits every case."""
+    """The cases of one row set: the latent-guidance methods on ``ae_model``, Attention Regulation on ``ar_model``;
+    each case is measured ``rounds`` times, the rounds interleaved so that a change in the machine's load hits every
+    case."""
 
     ae_model: str
     ae_size: int
@@ -75,8 +80,9 @@ class Suite:
     def cases(self) -> dict[str, Case]:
         ae = Case("plain", self.ae_model, self.ae_size, self.ae_steps)
         ar = Case("plain", self.ar_model, self.ar_size, self.ar_steps, self.ar_edit_steps)
-        return {"plain": ae, "guided": replace(ae, kind="guided"),
-                "guided_no_early_stop": replace(ae, kind="guided_no_early_stop"),
+        guided = {method: replace(ae, kind="guided", method=method) for method in GUIDANCE_NODES}
+        return {"plain": ae, **guided,
+                "guided_no_early_stop": replace(ae, kind="guided_no_early_stop", method="attend_and_excite"),
                 "ar_plain": ar, "regulated": replace(ar, kind="regulated")}
 
 
@@ -212,6 +218,25 @@ def device_description(cuda: bool) -> str:
             f"torch threads {torch.get_num_threads()}")
 
 
+def node_defaults(node_class: type) -> dict[str, Any]:
+    """The default of every required widget input of a node (a combo's first choice when it names none)."""
+    defaults = {}
+    for name, spec in node_class.INPUT_TYPES()["required"].items():
+        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if "default" in options:
+            defaults[name] = options["default"]
+        elif isinstance(spec[0], (list, tuple)):
+            defaults[name] = spec[0][0]
+    return defaults
+
+
+def guidance_with_defaults(node_class: type, tokens: Any, **overrides: Any) -> Any:
+    """The node's AG_GUIDANCE for ``tokens`` with its default settings, the ``overrides`` it has applied."""
+    defaults = node_defaults(node_class)
+    settings = {**defaults, **{name: value for name, value in overrides.items() if name in defaults}}
+    return getattr(node_class(), node_class.FUNCTION)(tokens=tokens, **settings)[0]
+
+
 def run_case(case: Case) -> dict:
     """Build, warm up and measure one configuration (one run) in this process."""
     cuda = use_cuda()
@@ -237,9 +262,9 @@ def run_case(case: Case) -> dict:
 
     counter, built = None, 0
     if case.kind in ("guided", "guided_no_early_stop"):
-        build = node["AG_AttendAndExcite"]().build
-        spec = build(tokens, *AE_DEFAULTS)[0]
-        warmup_spec = build(tokens, *AE_DEFAULTS[:4], 1, *AE_DEFAULTS[5:])[0]  # one refinement iteration
+        guidance_node = node[GUIDANCE_NODES[case.method]]
+        spec = guidance_with_defaults(guidance_node, tokens)
+        warmup_spec = guidance_with_defaults(guidance_node, tokens, max_refinement_steps=1)  # one refinement step
         if case.kind == "guided_no_early_stop":  # the Guided KSampler's own path, with the early stop off
             guided_sampler = doors.guided_sampler
 
@@ -315,6 +340,32 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator > 0 else None
 
 
+def guided_row(plain: dict, guided: dict, target: float | None) -> dict:
+    """A latent-guidance method against plain sampling: ratios and where the guided run's time goes."""
+    time_ratio = ratio(guided["time_s"], plain["time_s"])
+    goal = {} if target is None else {"target_time_ratio": target,
+                                      "meets_target": time_ratio is not None and time_ratio <= target}
+    return {
+        "guided": guided,
+        "time_ratio_guided_vs_plain": time_ratio,
+        **goal,
+        "peak_ratio_guided_vs_plain": ratio(guided["peak_mib"], plain["peak_mib"]),
+        "peak_over_model_ratio_guided_vs_plain": ratio(guided["peak_over_model_mib"], plain["peak_over_model_mib"]),
+        "where_the_time_goes": {
+            "plain_step_s": plain["time_per_step_s"],
+            "guidance_pass_s": guided["time_per_pass_s"],
+            "pass_vs_plain_step": ratio(guided["time_per_pass_s"], plain["time_per_step_s"]),
+            "guidance_passes": guided["guidance_passes"],
+            "of_which_refinement_iterations": guided["refinement_iterations"],
+            "guided_steps": guided["guided_steps"],
+            "share_of_guided_time_in_passes": ratio(guided["guidance_pass_s"], guided["time_s"]),
+            "share_of_guided_time_in_refinement": ratio(guided["refinement_iterations"] * guided["time_per_pass_s"],
+                                                        guided["time_s"]),
+            "rest_of_guided_run_vs_plain": ratio(guided["time_s"] - guided["guidance_pass_s"], plain["time_s"]),
+        },
+    }
+
+
 def suite_report(suite: Suite) -> dict:
     cases = suite.cases()
     runs: dict[str, list[dict]] = {name: [] for name in cases}
@@ -322,37 +373,21 @@ def suite_report(suite: Suite) -> dict:
         for name, case in cases.items():
             runs[name].append(measure(case))
     results = {name: summary(case_runs, cases[name].steps) for name, case_runs in runs.items()}
-    plain, guided, slow = results["plain"], results["guided"], results["guided_no_early_stop"]
+    plain, slow = results["plain"], results["guided_no_early_stop"]
+    ae = results["attend_and_excite"]
     ar_plain, regulated = results["ar_plain"], results["regulated"]
-    time_ratio = ratio(guided["time_s"], plain["time_s"])
     ar_time_ratio = ratio(regulated["time_s"], ar_plain["time_s"])
     first = {name: case_runs[0] for name, case_runs in runs.items()}
     return {
         "device": first["plain"]["device"],
         "memory": first["plain"]["memory"],
-        "attend_and_excite": {
+        "latent_guidance": {
             "model": first["plain"]["model"], "size": first["plain"]["size"], "steps": suite.ae_steps,
-            "rounds": suite.rounds,
-            "plain": plain, "guided": guided, "guided_no_early_stop": slow,
-            "time_ratio_guided_vs_plain": time_ratio,
-            "target_time_ratio": AE_TARGET,
-            "meets_target": time_ratio is not None and time_ratio <= AE_TARGET,
-            "peak_ratio_guided_vs_plain": ratio(guided["peak_mib"], plain["peak_mib"]),
-            "peak_over_model_ratio_guided_vs_plain": ratio(guided["peak_over_model_mib"], plain["peak_over_model_mib"]),
-            "early_stop_time_saved_share": round(1 - guided["time_s"] / slow["time_s"], 3),
-            "early_stop_pass_time_saved_share": round(1 - guided["time_per_pass_s"] / slow["time_per_pass_s"], 3),
-            "where_the_time_goes": {
-                "plain_step_s": plain["time_per_step_s"],
-                "guidance_pass_s": guided["time_per_pass_s"],
-                "pass_vs_plain_step": ratio(guided["time_per_pass_s"], plain["time_per_step_s"]),
-                "guidance_passes": guided["guidance_passes"],
-                "of_which_refinement_iterations": guided["refinement_iterations"],
-                "guided_steps": guided["guided_steps"],
-                "share_of_guided_time_in_passes": ratio(guided["guidance_pass_s"], guided["time_s"]),
-                "share_of_guided_time_in_refinement": ratio(guided["refinement_iterations"] * guided["time_per_pass_s"],
-                                                            guided["time_s"]),
-                "rest_of_guided_run_vs_plain": ratio(guided["time_s"] - guided["guidance_pass_s"], plain["time_s"]),
-            },
+            "rounds": suite.rounds, "plain": plain,
+            **{method: guided_row(plain, results[method], TIME_TARGETS.get(method)) for method in GUIDANCE_NODES},
+            "attend_and_excite_without_early_stop": slow,
+            "early_stop_time_saved_share": round(1 - ae["time_s"] / slow["time_s"], 3),
+            "early_stop_pass_time_saved_share": round(1 - ae["time_per_pass_s"] / slow["time_per_pass_s"], 3),
         },
         "attention_regulation": {
             "model": first["ar_plain"]["model"], "size": first["ar_plain"]["size"], "steps": suite.ar_steps,
@@ -380,8 +415,9 @@ def main() -> None:
         "python": platform.python_version(),
         "settings": {"prompt": PROMPT, "subjects": SUBJECTS, "negative": NEGATIVE, "seed": SEED, "cfg": CFG,
                      "sampler": SAMPLER, "scheduler": SCHEDULER, "warmup_steps": WARMUP_STEPS,
-                     "attend_and_excite": "node defaults: step size 20, first 50% of steps guided, refinement at "
-                                          "0/20/40% to 0.05/0.5/0.8, at most 20 iterations, smoothing sigma 0.5",
+                     "latent_guidance": "each method with its node's defaults (Attend-and-Excite: step size 20, "
+                                        "first 50% of steps guided, refinement at 0/20/40% to 0.05/0.5/0.8, at most "
+                                        "20 iterations, smoothing sigma 0.5)",
                      "guided_path": "Guided KSampler node (it also records each step's subject maps); no early stop: "
                                     "the same node with the bridge's guided sampler built with early_stop=False",
                      "guidance_pass": "one forward (conditional only) and backward of the UNet for the latent "

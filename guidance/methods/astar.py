@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -23,6 +23,7 @@ class AStarTerm:
     without a layout the loss is ``L_seg`` alone.
     """
 
+    levels: ClassVar[tuple[int, ...]] = ()  # latent/4 only
     subjects: tuple[tuple[int, ...], ...]
     config: AStarConfig = AStarConfig()
     layout: SubjectLayout | None = None

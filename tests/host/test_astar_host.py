@@ -171,7 +171,7 @@ class Spy:
     """A term that records what the engine hands it and what the A-STAR term makes of it."""
 
     def __init__(self, term):
-        self.term, self.weight, self.calls = term, term.weight, []
+        self.term, self.weight, self.levels, self.calls = term, term.weight, term.levels, []
 
     def evaluate(self, inputs):
         result = self.term.evaluate(inputs)
