@@ -7,7 +7,7 @@ import torch
 import comfy.samplers
 import nodes
 from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, encode, sample_custom
+from testkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
 
 bridge = ag("guidance.comfy_bridge")
 schedule_module = ag("guidance.schedule")
@@ -36,25 +36,6 @@ def mask_layout(tokens, *masks):
 
 def astar_node(tokens, step_size=20.0, guided_percent=50.0, weight=1.0, layout=None, binarisation="half_max"):
     return NODES["AG_AStar"]().build(tokens, step_size, guided_percent, binarisation, "ae", weight, layout)[0]
-
-
-def ksampler_inputs(checkpoint, sampler="euler", scheduler="normal", steps=4, batch=1, seed=3):
-    with torch.inference_mode():
-        positive, negative = encode(checkpoint.clip, PROMPT), encode(checkpoint.clip, "")
-        latent = nodes.EmptyLatentImage().generate(256, 256, batch)[0]
-    return dict(seed=seed, steps=steps, cfg=7.0, sampler_name=sampler, scheduler=scheduler, positive=positive,
-                negative=negative, latent_image=latent, denoise=1.0)
-
-
-def stock_ksampler(model, inputs):
-    with torch.inference_mode():
-        return nodes.KSampler().sample(model, **inputs)[0]["samples"]
-
-
-def guided_ksampler(model, inputs, spec):
-    with torch.inference_mode():
-        latent, record = NODES["AG_GuidedKSampler"]().sample(model, **inputs, guidance=spec)
-    return latent["samples"], record
 
 
 def guided_run(checkpoint, spec, steps=6, seed=5):
@@ -103,7 +84,7 @@ def test_guidance_off_is_bit_identical_to_the_stock_ksampler(tiny, sampler, sche
     checkpoint = tiny("sd1")
     tokens = tokens_for(checkpoint)
     layout = box_layout(tokens)[0]
-    inputs = ksampler_inputs(checkpoint, sampler, scheduler)
+    inputs = ksampler_inputs(checkpoint, PROMPT, sampler, scheduler)
     stock = stock_ksampler(checkpoint.model, inputs)
     custom_stock = sample_custom(checkpoint.model, checkpoint.clip, comfy.samplers.sampler_object(sampler), steps=4,
                                  scheduler=scheduler, seed=3)
@@ -158,7 +139,7 @@ def test_a_box_layout_raises_each_subjects_share_inside_its_box(tiny):
 def test_an_all_ones_layout_gives_exactly_the_result_of_no_layout(tiny):
     checkpoint = tiny("sd1")
     tokens = tokens_for(checkpoint)
-    inputs = ksampler_inputs(checkpoint)
+    inputs = ksampler_inputs(checkpoint, PROMPT)
     everywhere = torch.ones(1, 384, 512)  # a MASK, as Solid Mask makes it
     plain_astar = guided_ksampler(checkpoint.model, inputs, astar_node(tokens))[0]
     anywhere = astar_node(tokens, layout=mask_layout(tokens, everywhere, everywhere))
@@ -241,6 +222,6 @@ def test_a_layout_batch_that_fits_no_latent_batch_fails_at_sampling(tiny):
     spec = astar_node(tokens, layout=mask_layout(tokens, three, three))
     with pytest.raises(ValueError, match="the layout has 3 masks per subject but the latent batch has 2 images; "
                                          "give one mask per subject, or one per image"):
-        guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, batch=2), spec)
-    latent, _ = guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, batch=3), spec)
+        guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, PROMPT, batch=2), spec)
+    latent, _ = guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, PROMPT, batch=3), spec)
     assert latent.shape[0] == 3 and torch.isfinite(latent).all()

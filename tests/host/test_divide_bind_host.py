@@ -8,7 +8,7 @@ import torch
 import comfy.samplers
 import nodes
 from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, encode, sample_custom
+from testkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
 
 bridge = ag("guidance.comfy_bridge")
 schedule_module = ag("guidance.schedule")
@@ -32,25 +32,6 @@ def tokens_for(checkpoint, prompt=PROMPT, subjects=SUBJECTS):
 
 def dnb_spec(checkpoint, schedule=QUICK, config=BIND, weight=1.0):
     return dnb_method.divide_bind(tokens_for(checkpoint), schedule, config, weight)
-
-
-def ksampler_inputs(checkpoint, steps=4, seed=3, size=256):
-    with torch.inference_mode():
-        positive, negative = encode(checkpoint.clip, PROMPT), encode(checkpoint.clip, "")
-        latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
-    return dict(seed=seed, steps=steps, cfg=7.0, sampler_name="euler", scheduler="normal", positive=positive,
-                negative=negative, latent_image=latent, denoise=1.0)
-
-
-def stock_ksampler(model, inputs):
-    with torch.inference_mode():
-        return nodes.KSampler().sample(model, **inputs)[0]["samples"]
-
-
-def guided_ksampler(model, inputs, spec):
-    with torch.inference_mode():
-        latent, record = NODES["AG_GuidedKSampler"]().sample(model, **inputs, guidance=spec)
-    return latent["samples"], record
 
 
 @dataclass
@@ -127,7 +108,7 @@ def off_specs(checkpoint):
 
 def test_divide_and_bind_off_is_bit_identical_to_the_stock_ksampler(tiny):
     checkpoint = tiny("sd1")
-    inputs = ksampler_inputs(checkpoint)
+    inputs = ksampler_inputs(checkpoint, PROMPT)
     stock = stock_ksampler(checkpoint.model, inputs)
     custom_stock = sample_custom(checkpoint.model, checkpoint.clip, comfy.samplers.sampler_object("euler"), steps=4,
                                  seed=3, prompt=PROMPT)
@@ -172,7 +153,7 @@ def test_attend_and_excite_with_divide_and_bind_through_the_three_doors(tiny):
     dnb_node = NODES["AG_DivideAndBind"]().build(tokens, "tv_bind", "textbook", 20.0, 50.0, "0", "0.2", 2, 2, 1.0)[0]
     both = NODES["AG_CombineGuidance"]().combine(ae_node, dnb_node)[0]
     assert both.levels == (1, 2) and len(both.terms) == 2
-    inputs = ksampler_inputs(checkpoint)
+    inputs = ksampler_inputs(checkpoint, PROMPT)
     latent, record = guided_ksampler(checkpoint.model, inputs, both)
     assert record.labels == ("bowl", "cat") and record.guided == (True, True, False, False)
     for alone in (ae_node, dnb_node, None):

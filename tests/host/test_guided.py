@@ -7,7 +7,7 @@ import comfy.sample
 import comfy.samplers
 import nodes
 from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, encode, sample_custom, sigmas
+from testkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, sigmas, stock_ksampler
 
 bridge = ag("guidance.comfy_bridge")
 schedule_module = ag("guidance.schedule")
@@ -30,25 +30,6 @@ def ae_spec(checkpoint, schedule=QUICK, **kwargs):
     return spec_module.attend_and_excite(tokens_for(checkpoint), schedule, **kwargs)
 
 
-def ksampler_inputs(checkpoint, sampler="euler", scheduler="normal", steps=4, batch=1, seed=3, size=256):
-    with torch.inference_mode():
-        positive, negative = encode(checkpoint.clip, PROMPT), encode(checkpoint.clip, "")
-        latent = nodes.EmptyLatentImage().generate(size, size, batch)[0]
-    return dict(seed=seed, steps=steps, cfg=7.0, sampler_name=sampler, scheduler=scheduler, positive=positive,
-                negative=negative, latent_image=latent, denoise=1.0)
-
-
-def stock_ksampler(model, inputs):
-    with torch.inference_mode():
-        return nodes.KSampler().sample(model, **inputs)[0]["samples"]
-
-
-def guided_ksampler(model, inputs, spec):
-    with torch.inference_mode():
-        latent, record = NODES["AG_GuidedKSampler"]().sample(model, **inputs, guidance=spec)
-    return latent["samples"], record
-
-
 def off_specs(checkpoint):
     return [ae_spec(checkpoint, schedule_module.GuidanceSchedule(guided_percent=0.0)),
             ae_spec(checkpoint, schedule_module.GuidanceSchedule(scale_factor=0.0))]
@@ -57,7 +38,7 @@ def off_specs(checkpoint):
 @pytest.mark.parametrize("sampler,scheduler", SAMPLERS)
 def test_guidance_off_is_bit_identical_to_the_stock_ksampler(tiny, sampler, scheduler):
     checkpoint = tiny("sd1")
-    inputs = ksampler_inputs(checkpoint, sampler, scheduler)
+    inputs = ksampler_inputs(checkpoint, PROMPT, sampler, scheduler)
     stock = stock_ksampler(checkpoint.model, inputs)
     for spec in off_specs(checkpoint):
         assert torch.equal(guided_ksampler(checkpoint.model, inputs, spec)[0], stock)  # Guided KSampler
@@ -106,7 +87,7 @@ def test_attend_and_excite_raises_the_weakest_subjects_attention(tiny, family):
 
 def test_guided_ksampler_records_every_step_per_subject(tiny):
     checkpoint = tiny("sd1")
-    _, record = guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, steps=4), ae_spec(checkpoint))
+    _, record = guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, PROMPT, steps=4), ae_spec(checkpoint))
     assert record.labels == ("cat", "frog") and record.steps == (0, 1, 2, 3)
     assert record.guided == (True, True, False, False)
     assert record.maps.shape == (4, 1, 2, 8, 8)
@@ -116,11 +97,11 @@ def test_guided_ksampler_records_every_step_per_subject(tiny):
 def test_a_batch_equals_its_images_sampled_alone(tiny):
     checkpoint = tiny("sd1")
     spec = ae_spec(checkpoint)
-    batch_inputs = ksampler_inputs(checkpoint, batch=2)
+    batch_inputs = ksampler_inputs(checkpoint, PROMPT, batch=2)
     batch_inputs["latent_image"] = {**batch_inputs["latent_image"], "batch_index": [0, 1]}
     together, _ = guided_ksampler(checkpoint.model, batch_inputs, spec)
     for index in range(2):
-        single = ksampler_inputs(checkpoint)
+        single = ksampler_inputs(checkpoint, PROMPT)
         single["latent_image"] = {**single["latent_image"], "batch_index": [index]}
         alone, _ = guided_ksampler(checkpoint.model, single, spec)
         # Batched and single convolutions round differently, and guidance steps (x ~200 at high sigma) amplify it.
@@ -132,7 +113,7 @@ def test_a_batch_equals_its_images_sampled_alone(tiny):
 def test_interrupt_during_refinement_leaves_a_clean_model(tiny):
     checkpoint = tiny("sd1")
     options_before = repr(checkpoint.model.model_options)
-    inputs = ksampler_inputs(checkpoint)
+    inputs = ksampler_inputs(checkpoint, PROMPT)
     spec = ae_spec(checkpoint, schedule_module.GuidanceSchedule(refinement_points=(
         schedule_module.RefinementPoint(0.0, 1.0),), max_refinement_steps=5))  # a target no map can reach
     comfy.model_management.interrupt_current_processing(True)
@@ -147,13 +128,13 @@ def test_interrupt_during_refinement_leaves_a_clean_model(tiny):
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_other_families_run_guided(tiny, family):
     checkpoint = tiny(family)
-    out, record = guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint), ae_spec(checkpoint))
+    out, record = guided_ksampler(checkpoint.model, ksampler_inputs(checkpoint, PROMPT), ae_spec(checkpoint))
     assert torch.isfinite(out).all() and record.guided == (True, True, False, False)
 
 
 def test_img2img_runs_guided(tiny):
     checkpoint = tiny("sd1")
-    inputs = ksampler_inputs(checkpoint, steps=5)
+    inputs = ksampler_inputs(checkpoint, PROMPT, steps=5)
     inputs["latent_image"] = {"samples": torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))}
     inputs["denoise"] = 0.6
     out, record = guided_ksampler(checkpoint.model, inputs, ae_spec(checkpoint))

@@ -33,3 +33,25 @@ def sample_custom(model: Any, clip: Any, sampler: Any, steps: int = 2, prompt: s
         noise = comfy.sample.prepare_noise(latent, seed)
         return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas(model, scheduler, steps), positive,
                                           negative, latent, seed=seed)
+
+
+def ksampler_inputs(checkpoint: Any, prompt: str, sampler: str = "euler", scheduler: str = "normal", steps: int = 4,
+                    batch: int = 1, seed: int = 3, size: int = 256) -> dict:
+    """Keyword inputs of the stock KSampler (and of the Guided KSampler, which adds ``guidance``)."""
+    with torch.inference_mode():
+        positive, negative = encode(checkpoint.clip, prompt), encode(checkpoint.clip, "")
+        latent = nodes.EmptyLatentImage().generate(size, size, batch)[0]
+    return dict(seed=seed, steps=steps, cfg=7.0, sampler_name=sampler, scheduler=scheduler, positive=positive,
+                negative=negative, latent_image=latent, denoise=1.0)
+
+
+def stock_ksampler(model: Any, inputs: dict) -> torch.Tensor:
+    with torch.inference_mode():
+        return nodes.KSampler().sample(model, **inputs)[0]["samples"]
+
+
+def guided_ksampler(model: Any, inputs: dict, spec: Any) -> tuple[torch.Tensor, Any]:
+    """The Guided KSampler node: the sampled latent and its AG_ATTENTION."""
+    with torch.inference_mode():
+        latent, record = nodes.NODE_CLASS_MAPPINGS["AG_GuidedKSampler"]().sample(model, **inputs, guidance=spec)
+    return latent["samples"], record
