@@ -41,9 +41,15 @@ SEED, CFG, SAMPLER, SCHEDULER = 42, 7.5, "euler", "normal"
 WARMUP_STEPS = 2
 AR_TARGET = 1.2
 TIME_TARGETS = {"attend_and_excite": 1.5}  # guided/plain wall time the project aims at, per latent-guidance method
-# Latent-guidance methods measured with their node's defaults, by row name.
-GUIDANCE_NODES = {"attend_and_excite": "AG_AttendAndExcite", "divide_and_bind": "AG_DivideAndBind",
-                  "astar": "AG_AStar"}
+# Latent-guidance rows: (node, settings that differ from the node's defaults, prompt and subjects if not the
+# default ones). Divide & Bind's binding mode needs attributes, and reads two more attention levels.
+GUIDANCE_ROWS = {
+    "attend_and_excite": ("AG_AttendAndExcite", {}, None),
+    "divide_and_bind": ("AG_DivideAndBind", {}, None),
+    "divide_and_bind_tv_bind": ("AG_DivideAndBind", {"mode": "tv_bind"}, ("a yellow bowl and a blue cat",
+                                                                          "yellow bowl, blue cat")),
+    "astar": ("AG_AStar", {}, None),
+}
 AR_ITERATIONS, AR_MODE = 20, "default"
 WORKER_FLAG = "--case"
 
@@ -52,7 +58,7 @@ WORKER_FLAG = "--case"
 class Case:
     """One measured configuration. ``kind``: plain, guided, guided_no_early_stop or regulated; ``model``: a tiny
     family (``tiny-sd1``, ``tiny-sdxl``) or a checkpoint path; ``size`` 0: the model's native size; ``method``: a
-    key of ``GUIDANCE_NODES`` (guided kinds)."""
+    key of ``GUIDANCE_ROWS`` (guided kinds)."""
 
     kind: str
     model: str
@@ -80,7 +86,7 @@ class Suite:
     def cases(self) -> dict[str, Case]:
         ae = Case("plain", self.ae_model, self.ae_size, self.ae_steps)
         ar = Case("plain", self.ar_model, self.ar_size, self.ar_steps, self.ar_edit_steps)
-        guided = {method: replace(ae, kind="guided", method=method) for method in GUIDANCE_NODES}
+        guided = {method: replace(ae, kind="guided", method=method) for method in GUIDANCE_ROWS}
         return {"plain": ae, **guided,
                 "guided_no_early_stop": replace(ae, kind="guided_no_early_stop", method="attend_and_excite"),
                 "ar_plain": ar, "regulated": replace(ar, kind="regulated")}
@@ -255,16 +261,18 @@ def run_case(case: Case) -> dict:
     model, clip, model_name = load_model(case.model)
     size = case.size or native_size(model)
     with torch.inference_mode():
-        positive, tokens = node["AG_TextEncodeWithTokens"]().encode(clip, PROMPT, SUBJECTS)["result"]
+        prompt, subjects = (GUIDANCE_ROWS[case.method][2] if case.method else None) or (PROMPT, SUBJECTS)
+        positive, tokens = node["AG_TextEncodeWithTokens"]().encode(clip, prompt, subjects)["result"]
         negative = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
         latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
     memory = Memory(cuda)
 
     counter, built = None, 0
     if case.kind in ("guided", "guided_no_early_stop"):
-        guidance_node = node[GUIDANCE_NODES[case.method]]
-        spec = guidance_with_defaults(guidance_node, tokens)
-        warmup_spec = guidance_with_defaults(guidance_node, tokens, max_refinement_steps=1)  # one refinement step
+        node_id, settings, _ = GUIDANCE_ROWS[case.method]
+        spec = guidance_with_defaults(node[node_id], tokens, **settings)
+        warmup_spec = guidance_with_defaults(node[node_id], tokens, **settings, max_refinement_steps=1,
+                                             first_step_max_refinement_steps=1)  # one refinement step
         if case.kind == "guided_no_early_stop":  # the Guided KSampler's own path, with the early stop off
             guided_sampler = doors.guided_sampler
 
@@ -384,7 +392,7 @@ def suite_report(suite: Suite) -> dict:
         "latent_guidance": {
             "model": first["plain"]["model"], "size": first["plain"]["size"], "steps": suite.ae_steps,
             "rounds": suite.rounds, "plain": plain,
-            **{method: guided_row(plain, results[method], TIME_TARGETS.get(method)) for method in GUIDANCE_NODES},
+            **{method: guided_row(plain, results[method], TIME_TARGETS.get(method)) for method in GUIDANCE_ROWS},
             "attend_and_excite_without_early_stop": slow,
             "early_stop_time_saved_share": round(1 - ae["time_s"] / slow["time_s"], 3),
             "early_stop_pass_time_saved_share": round(1 - ae["time_per_pass_s"] / slow["time_per_pass_s"], 3),
@@ -417,7 +425,8 @@ def main() -> None:
                      "sampler": SAMPLER, "scheduler": SCHEDULER, "warmup_steps": WARMUP_STEPS,
                      "latent_guidance": "each method with its node's defaults (Attend-and-Excite: step size 20, "
                                         "first 50% of steps guided, refinement at 0/20/40% to 0.05/0.5/0.8, at most "
-                                        "20 iterations, smoothing sigma 0.5)",
+                                        "20 iterations, smoothing sigma 0.5); divide_and_bind_tv_bind: mode tv_bind "
+                                        "on 'a yellow bowl and a blue cat' (subjects 'yellow bowl, blue cat')",
                      "guided_path": "Guided KSampler node (it also records each step's subject maps); no early stop: "
                                     "the same node with the bridge's guided sampler built with early_stop=False",
                      "guidance_pass": "one forward (conditional only) and backward of the UNet for the latent "
