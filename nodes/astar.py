@@ -9,24 +9,19 @@ from ..guidance.losses.astar import AStarConfig, Binarisation, Preprocessing
 from ..guidance.methods.astar import astar
 from ..guidance.spec import GuidanceSpec
 from ..guidance.tokens import SubjectTokens
-from .common import CATEGORY, GUIDANCE_TYPE, LAYOUT_TYPE, TOKENS_TYPE, NodeInputError
+from .common import LAYOUT_TYPE, TOKENS_TYPE, GuidanceNode, NodeInputError
 from .guided import build_schedule, schedule_inputs
 
 _SCHEDULE_INPUTS = ("step_size", "guided_percent")  # A-STAR has no refinement criterion
 
 
-class AStar:
+class AStar(GuidanceNode):
     DISPLAY_NAME = "A-STAR (segregation + retention)"
     DESCRIPTION = ("A-STAR (Agarwal et al. 2023): during the first sampling steps, nudges the latent so that the "
                    "subjects' attention maps overlap less (segregation) and each subject keeps the region it had "
                    "at the previous step (retention), which stops subjects from merging or vanishing. With a layout, "
                    "each subject is held to its mask or box instead. Connect the result to a Guided KSampler, Guided "
                    "Sampler or Apply Attention Guidance.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (GUIDANCE_TYPE,)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("The guidance to sample with.",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -14,21 +14,17 @@ from ..guidance.schedule import GuidanceSchedule
 from ..guidance.spec import GuidanceSpec
 from ..guidance.tokens import SubjectTokens
 from ..guidance.viz import COLOR_MAPS, NORMALIZATIONS, STEP_CHOICES, select_steps
-from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, TOKENS_TYPE, NodeInputError
+from .common import ATTENTION_TYPE, CATEGORY, TOKENS_TYPE, GuidanceNode, NodeInputError
 
 ATTENTION_TOOLTIP = "The attention maps from a Guided KSampler's attention output."
 
 
-class RecordAttention:
+class RecordAttention(GuidanceNode):
     DISPLAY_NAME = "Record Attention (no guidance)"
     DESCRIPTION = ("A guidance that changes nothing: the Guided KSampler then samples exactly like the stock "
                    "KSampler (bit-identical) and outputs each subject's attention at every step, to inspect what "
                    "the model attends to for any prompt.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (GUIDANCE_TYPE,)
-    RETURN_NAMES = ("guidance",)
     OUTPUT_TOOLTIPS = ("Recording only; connect it to the Guided KSampler's guidance input.",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -13,3 +13,13 @@ class NodeInputError(ValueError):
 
     def __init__(self, node: str, input_name: str, message: str) -> None:
         super().__init__(f"{node}: input '{input_name}': {message}")
+
+
+class GuidanceNode:
+    """What every node that builds an AG_GUIDANCE from subject tokens declares alike (its ``build`` makes it)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (GUIDANCE_TYPE,)
+    RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("The guidance to sample with.",)
+    FUNCTION = "build"

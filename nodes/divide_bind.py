@@ -5,7 +5,7 @@ from ..guidance.losses.divide_bind import DivideBindConfig
 from ..guidance.methods.divide_bind import divide_bind
 from ..guidance.spec import GuidanceSpec
 from ..guidance.tokens import SubjectTokenError, SubjectTokens
-from .common import CATEGORY, GUIDANCE_TYPE, TOKENS_TYPE, NodeInputError
+from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
 from .guided import build_schedule, schedule_inputs
 
 TV_VARIANTS = {"textbook": "textbook", "reference": "coded"}  # node option -> DivideBindConfig.tv_variant
@@ -23,17 +23,12 @@ THRESHOLD_TARGET = ("in tv modes, the total variation every subject's map should
                     "max mode, the maximum attention (paper: 0.05, 0.5, 0.8)")
 
 
-class DivideAndBind:
+class DivideAndBind(GuidanceNode):
     DISPLAY_NAME = "Divide & Bind"
     DESCRIPTION = ("Divide & Bind (Li et al. 2023): during the first sampling steps, nudges the latent so that "
                    "every subject's attention forms its own region (attendance), and in tv_bind mode so that each "
                    "attribute's attention lands on its subject (binding: 'yellow bowl' stays yellow). Connect the "
                    "result to a Guided KSampler, Guided Sampler or Apply Attention Guidance.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (GUIDANCE_TYPE,)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("The guidance to sample with.",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

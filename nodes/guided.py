@@ -12,7 +12,7 @@ from ..guidance.record import subject_record
 from ..guidance.schedule import GuidanceSchedule, parse_refinement
 from ..guidance.spec import GuidanceSpec, attend_and_excite
 from ..guidance.tokens import SubjectTokens
-from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, TOKENS_TYPE, NodeInputError
+from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, TOKENS_TYPE, GuidanceNode, NodeInputError
 
 GUIDANCE_TOOLTIP = "What to steer and when: from Attend-and-Excite (or another guidance node)."
 
@@ -60,16 +60,11 @@ def build_schedule(node: str, step_size: float, guided_percent: float, refinemen
         raise NodeInputError(node, "refinement_percents", str(error)) from error
 
 
-class AttendAndExcite:
+class AttendAndExcite(GuidanceNode):
     DISPLAY_NAME = "Attend-and-Excite"
     DESCRIPTION = ("Attend-and-Excite (Chefer et al. 2023): during the first sampling steps, nudges the latent so "
                    "that every subject's strongest attention grows, which brings back neglected subjects. "
                    "Connect the result to a Guided KSampler, Guided Sampler or Apply Attention Guidance.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (GUIDANCE_TYPE,)
-    RETURN_NAMES = ("guidance",)
-    OUTPUT_TOOLTIPS = ("The guidance to sample with.",)
-    FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
