@@ -10,9 +10,11 @@ import torch
 from ..attention import attend, attention_probabilities
 from ..layers import GUIDANCE_LEVEL, AttentionSite, map_size
 from ..store import AttentionStore
+from .regulation import RegulationPatch
 from .sites import conditional_rows, guidance_sites, host_attention
 
 STORE_KEY = "attention_guidance_store"
+_RECORDED_OUTSIDE_KEY = "attention_guidance_recorded"  # set for the patches a recorder wraps: record each call once
 
 
 class _ForwardComplete(Exception):
@@ -23,7 +25,9 @@ class RecorderPatch:
     """attn2 replace patch that records conditional attention probabilities while the run's store is recording.
 
     It holds no run state (the store arrives through ``transformer_options``), so clones of a model can share it.
-    A patch another pack installed on the same layer is kept in ``wrapped`` and still computes the layer output.
+    A patch another pack installed on the same layer is kept in ``wrapped`` and still computes the layer output; a
+    recorder nested inside it records nothing. Outside guidance passes, a wrapped :class:`RegulationPatch` that
+    edits the call gives the attention to record: the edited one, which the model uses.
     """
 
     def __init__(self, downsample: int, wrapped: Callable | None = None) -> None:
@@ -32,17 +36,25 @@ class RecorderPatch:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         store: AttentionStore | None = extra_options.get(STORE_KEY)
-        rows = conditional_rows(extra_options["cond_or_uncond"], q.shape[0]) if store and store.recording else []
+        recording = store is not None and store.recording and not extra_options.get(_RECORDED_OUTSIDE_KEY)
+        rows = conditional_rows(extra_options["cond_or_uncond"], q.shape[0]) if recording else []
         if not rows:
             return self._output(q, k, v, extra_options)
+        inner_options = {**extra_options, _RECORDED_OUTSIDE_KEY: True}
         height, width = map_size(*extra_options["original_shape"][2:], self.downsample)
+        if not store.guidance_pass and isinstance(self.wrapped, RegulationPatch):
+            out, edited = self.wrapped.output_and_edit(q, k, v, inner_options)
+            if edited is None:
+                edited = attention_probabilities(q[rows], k[rows], extra_options["n_heads"])
+            store.add(self.downsample, edited, height, width)
+            return out
         probabilities = attention_probabilities(q[rows], k[rows], extra_options["n_heads"])
         store.add(self.downsample, probabilities, height, width)
         if store.complete:
             raise _ForwardComplete  # every map the loss needs is in; the UNet's remaining blocks cannot change it
         if store.guidance_pass and self.wrapped is None and len(rows) == q.shape[0]:
             return attend(probabilities, v)  # one attention computation for the output and the gradient
-        return self._output(q, k, v, extra_options)
+        return self._output(q, k, v, inner_options)
 
     def _output(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.wrapped is not None:

@@ -188,34 +188,40 @@ class RegulationPatch:
         self.wrapped = wrapped
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        return self.output_and_edit(q, k, v, extra_options)[0]
+
+    def output_and_edit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer output and, for an edited call, the conditional rows' edited probabilities ``[rows, heads,
+        h·w, T]`` (fp32, rows in batch order), which a recorder wrapping this patch records as the layer's."""
         run: RegulationRun | None = extra_options.get(REGULATION_RUN_KEY)
         if run is None:
-            return self._output(q, k, v, extra_options)
+            return self._output(q, k, v, extra_options), None
         step = run.step(extra_options["sigmas"], extra_options.get("sample_sigmas"))
         chunks = _conditional_chunks(extra_options["cond_or_uncond"], q.shape[0])
         if step >= self.spec.config.edit_steps or not chunks:
-            return self._output(q, k, v, extra_options)
+            return self._output(q, k, v, extra_options), None
         height, width = map_size(*extra_options["original_shape"][2:], self.downsample)
         if not supports_map(height, width):
             run.warn_once(
                 f"Attention Regulation edits nothing: its layers' attention maps are {height}x{width} at this image "
                 "size and need at least 16x16 (images of about 512x512 px or more for SD1.x/SD2.x)"
             )
-            return self._output(q, k, v, extra_options)
+            return self._output(q, k, v, extra_options), None
         layer = (*extra_options["block"], extra_options["block_index"])
         uuids = extra_options.get("uuids")  # current host: tells several positive conds apart
         rows = [row for _, chunk_rows in chunks for row in chunk_rows]
-        edited = [
+        outputs, probabilities = zip(*(
             self._edit(q[chunk_rows], k[chunk_rows], v[chunk_rows], extra_options["n_heads"], run, step,
                        (layer, uuids[index] if uuids else position, height, width), position, height, width)
             for position, (index, chunk_rows) in enumerate(chunks)
-        ]
-        return self._combine(q, k, v, extra_options, rows, edited)
+        ))
+        return self._combine(q, k, v, extra_options, rows, list(outputs)), torch.cat(probabilities)
 
     def _edit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, run: RegulationRun, step: int,
-              key: tuple, position: int, height: int, width: int) -> torch.Tensor:
+              key: tuple, position: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One chunk's rows ``[images, h·w, heads·d]``: ``P_edited @ V``, or ``(P_edited − P) @ V`` when another
-        pack's patch computes the output (fp32)."""
+        pack's patch computes the output (fp32); and ``P_edited`` ``[images, heads, h·w, T]``."""
         k, v = self._prompt_context(k), self._prompt_context(v)
         q_heads, k_heads = split_heads(q.float(), heads), split_heads(k.float(), heads)
         logits = q_heads @ k_heads.transpose(-1, -2) * q_heads.shape[-1] ** -0.5
@@ -233,8 +239,8 @@ class RegulationPatch:
             self.observer(RegulationEvent(layer, position, step, height, width, targets, before, result.probabilities,
                                           result.state, result.diagnostics))
         if self.wrapped is not None:
-            return attend(result.probabilities - before, v.float())
-        return attend(result.probabilities, v.float())
+            return attend(result.probabilities - before, v.float()), result.probabilities
+        return attend(result.probabilities, v.float()), result.probabilities
 
     def _prompt_context(self, context: torch.Tensor) -> torch.Tensor:
         """The positive prompt's ``[images, T, ·]`` keys or values; a context the host repeated to match a longer

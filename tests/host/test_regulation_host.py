@@ -217,6 +217,35 @@ def test_composes_with_the_recorder(tiny):
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-5 * reference.abs().max().item())
 
 
+def test_a_recorder_records_the_edited_attention_once(tiny):
+    """Around a regulated layer, a recorder records the attention the layer used (the edited one), once, also when
+    another recorder sits inside the regulation."""
+    spec = bridge.RegulationSpec.from_tokens(subject_tokens(tiny("sdxl")),
+                                             regulation.RegulationConfig(edit_steps=1, iterations=3))
+    heads, width = 2, 16
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, tokens, heads * 8, generator=generator) for tokens in (width * width, 77, 77))
+
+    def record(patch):
+        store = ag("guidance.store").AttentionStore(77)
+        options = {"cond_or_uncond": [1, 0], "original_shape": [2, 4, 4 * width, 4 * width], "n_heads": heads,
+                   "sigmas": torch.tensor([5.0, 5.0]), "block": ("input", 7), "block_index": 0,
+                   bridge.STORE_KEY: store, bridge.REGULATION_RUN_KEY: bridge.RegulationRun(seed=0)}
+        with bridge.recording(store):
+            out = patch(q, k, v, options)
+        return out, store.aggregate(4)
+
+    events = []
+    edited_out, edited_maps = record(bridge.RecorderPatch(4, bridge.RegulationPatch(4, spec, events.append)))
+    [event] = events
+    torch.testing.assert_close(edited_maps, event.after.mean(dim=1).reshape(1, width, width, 77), rtol=0, atol=1e-7)
+    assert (event.after - event.before).abs().max() > 1e-2  # the edit is visible in what is recorded
+    nested_out, nested_maps = record(bridge.RecorderPatch(4, bridge.RegulationPatch(4, spec, None,
+                                                                                     bridge.RecorderPatch(4))))
+    torch.testing.assert_close(nested_maps, edited_maps, rtol=0, atol=1e-7)
+    torch.testing.assert_close(nested_out, edited_out, rtol=1e-5, atol=1e-6)  # (P_edited − P) V added to P V
+
+
 def test_composes_with_another_packs_patch_on_the_same_layer(tiny):
     checkpoint = tiny("sdxl")
     log, events = [], []
