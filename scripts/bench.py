@@ -226,14 +226,12 @@ def device_description(cuda: bool) -> str:
 
 def node_defaults(node_class: type) -> dict[str, Any]:
     """The default of every required widget input of a node (a combo's first choice when it names none)."""
-    defaults = {}
-    for name, spec in node_class.INPUT_TYPES()["required"].items():
-        options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        if "default" in options:
-            defaults[name] = options["default"]
-        elif isinstance(spec[0], (list, tuple)):
-            defaults[name] = spec[0][0]
-    return defaults
+    from testkit.workflow import input_specs
+
+    required, _ = input_specs(node_class)
+    defaults = {name: options["default"] for name, _, options in required if "default" in options}
+    return defaults | {name: kind[0] for name, kind, options in required
+                       if "default" not in options and isinstance(kind, (list, tuple))}
 
 
 def guidance_with_defaults(node_class: type, tokens: Any, **overrides: Any) -> Any:

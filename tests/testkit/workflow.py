@@ -58,7 +58,7 @@ def _links(workflow: dict) -> dict[int, _Link]:
     return links
 
 
-def _input_specs(node_class: type) -> tuple[list[tuple[str, Any, dict]], list[tuple[str, Any, dict]]]:
+def input_specs(node_class: type) -> tuple[list[tuple[str, Any, dict]], list[tuple[str, Any, dict]]]:
     """``(required, optional)`` as ``(name, type, options)`` in the host's order."""
     declared = node_class.INPUT_TYPES()
     sections = []
@@ -105,7 +105,7 @@ def _widget_inputs(where: str, node_class: type, values: list) -> dict[str, Any]
     Inputs with ``forceInput`` have no widget in most frontend versions and a hidden one (with a saved value) in
     some: a node that has such inputs is read the first way and, if its values do not fit, the second.
     """
-    required, optional = _input_specs(node_class)
+    required, optional = input_specs(node_class)
     forced = any(options.get("forceInput") and _is_value_type(kind) for _, kind, options in required + optional)
     errors = []
     for with_forced in (False, True) if forced else (False,):
