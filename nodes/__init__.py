@@ -1,14 +1,7 @@
 """Node registry: every node module exports NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS."""
-import os
+from . import astar, attend_excite, attention_maps, combine, divide_bind, layout, regulation, samplers, tokens
 
-from . import astar, attention_maps, combine, divide_bind, guided, layout, regulation, tokens
-
-_NODE_MODULES = (tokens, guided, divide_bind, astar, layout, combine, regulation, attention_maps)
-
-if os.environ.get("AG_TEST_NODES") == "1":  # test-only loader of tiny models, set by the test harness
-    from ..tests.testkit import tiny_loader_node
-
-    _NODE_MODULES += (tiny_loader_node,)
+_NODE_MODULES = (tokens, attend_excite, samplers, divide_bind, astar, layout, combine, regulation, attention_maps)
 
 NODE_CLASS_MAPPINGS = {node_id: cls for module in _NODE_MODULES for node_id, cls in module.NODE_CLASS_MAPPINGS.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import get_args
 
-from ..guidance.layout import SubjectLayout
+from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.losses.astar import AStarConfig, Binarisation, Preprocessing
-from ..guidance.methods.astar import astar
-from ..guidance.spec import GuidanceSpec
-from ..guidance.tokens import SubjectTokens
+from ..guidance.methods.astar import astar, paper_schedule
+from ..guidance.subjects.layout import SubjectLayout
+from ..guidance.subjects.tokens import SubjectTokens
 from .common import LAYOUT_TYPE, TOKENS_TYPE, GuidanceNode, NodeInputError
-from .guided import build_schedule, schedule_inputs
+from .schedule_inputs import build_schedule, schedule_inputs
 
 _SCHEDULE_INPUTS = ("step_size", "guided_percent")  # A-STAR has no refinement criterion
 
@@ -26,7 +26,7 @@ class AStar(GuidanceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         config = AStarConfig()
-        schedule = schedule_inputs(config.schedule())
+        schedule = schedule_inputs(paper_schedule())
         return {
             "required": {
                 "tokens": (TOKENS_TYPE, {"tooltip": "The subjects to keep apart, from CLIP Text Encode (with "

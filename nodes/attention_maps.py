@@ -4,16 +4,16 @@ from __future__ import annotations
 import os
 
 import folder_paths
-import nodes as comfy_nodes
 import torch
 from safetensors.torch import save_file
 
-from ..guidance.figures import LAYOUTS, FigureOptions, attention_figures
-from ..guidance.record import AttentionRecord, record_tensors
-from ..guidance.schedule import GuidanceSchedule
-from ..guidance.spec import GuidanceSpec
-from ..guidance.tokens import SubjectTokens
-from ..guidance.viz import COLOR_MAPS, NORMALIZATIONS, STEP_CHOICES, select_steps
+import nodes as comfy_nodes
+
+from ..guidance.engine.spec import GuidanceSpec
+from ..guidance.inspection.figures import ARRANGEMENTS, FigureOptions, attention_figures
+from ..guidance.inspection.history import AttentionHistory, history_tensors
+from ..guidance.inspection.viz import COLOR_MAPS, NORMALIZATIONS, STEP_CHOICES, select_steps
+from ..guidance.subjects.tokens import SubjectTokens
 from .common import ATTENTION_TYPE, CATEGORY, TOKENS_TYPE, GuidanceNode, NodeInputError
 
 ATTENTION_TOOLTIP = "The attention maps from a Guided KSampler's attention output."
@@ -36,7 +36,7 @@ class RecordAttention(GuidanceNode):
     def build(self, tokens: SubjectTokens) -> tuple[GuidanceSpec]:
         if not tokens.subjects:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
-        return (GuidanceSpec(tokens, (), GuidanceSchedule(guided_percent=0.0)),)
+        return (GuidanceSpec(tokens, (), ()),)
 
 
 class VisualizeAttention:
@@ -63,7 +63,7 @@ class VisualizeAttention:
                           "k for 'every k-th': 5 shows steps 0, 5, 10, ..."}),
                 "step_list": ("STRING", {"default": "", "tooltip":
                               "For 'list': comma-separated step numbers, counted from 0 (e.g. 0, 10, 19)."}),
-                "layout": (list(LAYOUTS), {"default": "grid", "tooltip":
+                "layout": (list(ARRANGEMENTS), {"default": "grid", "tooltip":
                            "grid: one picture per image, a row per subject and a column per step. one image per "
                            "step: a picture per step with the subjects side by side."}),
                 "color_map": (list(COLOR_MAPS), {"default": "viridis", "tooltip":
@@ -83,7 +83,7 @@ class VisualizeAttention:
             },
         }
 
-    def draw(self, attention: AttentionRecord, which_steps: str, every: int, step_list: str, layout: str,
+    def draw(self, attention: AttentionHistory, which_steps: str, every: int, step_list: str, layout: str,
              color_map: str, normalization: str, opacity: float, tile_size: int, image: torch.Tensor | None = None
              ) -> dict:
         try:
@@ -119,8 +119,8 @@ class SaveAttention:
                                 "File name start, relative to the output folder; a counter is appended."}),
         }}
 
-    def save(self, attention: AttentionRecord, filename_prefix: str) -> dict:
-        tensors, metadata = record_tensors(attention)
+    def save(self, attention: AttentionHistory, filename_prefix: str) -> dict:
+        tensors, metadata = history_tensors(attention)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())
         file_name = f"{name}_{counter:05}_.safetensors"

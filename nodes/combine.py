@@ -1,8 +1,8 @@
 """Combine Guidance: two AG_GUIDANCE values acting together on one sampling run."""
 from __future__ import annotations
 
+from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.methods.combine import CombineError, combine
-from ..guidance.spec import GuidanceSpec
 from .common import CATEGORY, GUIDANCE_TYPE, NodeInputError
 
 

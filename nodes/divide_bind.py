@@ -1,12 +1,12 @@
 """Divide & Bind: attendance (and attribute binding) guidance as an AG_GUIDANCE."""
 from __future__ import annotations
 
+from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.losses.divide_bind import DivideBindConfig
-from ..guidance.methods.divide_bind import divide_bind
-from ..guidance.spec import GuidanceSpec
-from ..guidance.tokens import SubjectTokenError, SubjectTokens
+from ..guidance.methods.divide_bind import FIRST_STEP_MAX_REFINEMENT_STEPS, divide_bind, paper_schedule
+from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens
 from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
-from .guided import build_schedule, schedule_inputs
+from .schedule_inputs import build_schedule, schedule_inputs
 
 TV_VARIANTS = {"textbook": "textbook", "reference": "coded"}  # node option -> DivideBindConfig.tv_variant
 
@@ -38,11 +38,11 @@ class DivideAndBind(GuidanceNode):
                                      "cat'), from CLIP Text Encode (with subjects)."}),
             "mode": (["tv", "tv_bind", "max"], {"default": config.mode, "tooltip": MODE_TOOLTIP}),
             "tv_variant": (list(TV_VARIANTS), {"default": "textbook", "tooltip": TV_TOOLTIP}),
-            **schedule_inputs(config.schedule(), target=THRESHOLD_TARGET),
+            **schedule_inputs(paper_schedule(config.mode), target=THRESHOLD_TARGET),
             "first_step_max_refinement_steps": ("INT", {
-                "default": config.max_refinement_steps_first_step, "min": 0, "max": 200, "tooltip":
+                "default": FIRST_STEP_MAX_REFINEMENT_STEPS, "min": 0, "max": 200, "tooltip":
                 "Most updates at a refinement point at 0 % (the first step), where the latent is furthest from any "
-                f"target (paper: {config.max_refinement_steps_first_step})."}),
+                f"target (paper: {FIRST_STEP_MAX_REFINEMENT_STEPS})."}),
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip":
                        "Multiplies this guidance's loss; matters when it is combined with another guidance. "
                        "0 turns it off. Paper: 1."}),

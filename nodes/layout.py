@@ -5,8 +5,8 @@ from typing import Any
 
 import torch
 
-from ..guidance.layout import LayoutError, SubjectLayout, box_masks, parse_boxes, stack_masks
-from ..guidance.tokens import SubjectTokens
+from ..guidance.subjects.layout import LayoutError, SubjectLayout, box_masks, parse_boxes, stack_masks
+from ..guidance.subjects.tokens import SubjectTokens
 from .common import CATEGORY, LAYOUT_TYPE, TOKENS_TYPE, NodeInputError
 
 MAX_MASKS = 6

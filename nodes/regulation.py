@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..guidance.comfy_bridge import RegulationSpec, UnsupportedModelError, with_regulation
+from ..guidance.comfy_bridge import UnsupportedModelError, with_regulation
 from ..guidance.regulation import RegulationConfig
 from ..guidance.regulation.config import MODES
-from ..guidance.tokens import SubjectTokens
+from ..guidance.regulation.run import RegulationSpec
+from ..guidance.subjects.tokens import SubjectTokens
 from .common import CATEGORY, TOKENS_TYPE, NodeInputError
 
 PAPER = RegulationConfig()

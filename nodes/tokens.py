@@ -7,7 +7,7 @@ from typing import Any
 import nodes as comfy_nodes
 
 from ..guidance.comfy_bridge import prompt_tokens
-from ..guidance.tokens import SubjectTokenError, SubjectTokens, map_subjects
+from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens, map_subjects
 from .common import CATEGORY, TOKENS_TYPE, NodeInputError
 
 logger = logging.getLogger("attention_guidance")

@@ -10,7 +10,6 @@ import types
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS_DIR))  # for ``testkit``
 
 if "attention_guidance" not in sys.modules:
     _package = types.ModuleType("attention_guidance")

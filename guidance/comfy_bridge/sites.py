@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 import comfy.ldm.modules.attention as comfy_attention
+import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 
-from ..layers import GUIDANCE_LEVEL, AttentionSite, sites_at_level
+from ..capture.sites import GUIDANCE_LEVEL, AttentionSite, sites_at_level
 
 SUPPORTED_FAMILIES = "SD1.x, SD2.x and SDXL (UNet models with text cross-attention, fine-tunes and merges included)"
 
@@ -59,17 +58,3 @@ def guidance_sites(model: Any, level: int = GUIDANCE_LEVEL) -> list[AttentionSit
         )
     return sites
 
-
-def conditional_rows(cond_or_uncond: list[int], batch: int) -> list[int]:
-    """Rows of a batched call that belong to the positive prompt (ComfyUI orders CFG batches uncond first)."""
-    chunk = batch // len(cond_or_uncond)
-    return [index * chunk + row for index, kind in enumerate(cond_or_uncond) if kind == 0 for row in range(chunk)]
-
-
-def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-    """The host's own optimized attention, as an unpatched layer would run it."""
-    if "attn_precision" in extra_options:  # current host: SD2.x asks for fp32 attention
-        return comfy_attention.optimized_attention(
-            q, k, v, extra_options["n_heads"], attn_precision=extra_options["attn_precision"]
-        )
-    return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"])

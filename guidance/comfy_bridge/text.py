@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..tokens import EMBEDDING_PIECE, PromptTokens
+from ..subjects.tokens import EMBEDDING_PIECE, PromptTokens
 
 
 def prompt_tokens(clip: Any, text: str) -> PromptTokens:

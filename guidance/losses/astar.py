@@ -1,7 +1,7 @@
-"""A-STAR segregation and retention losses (Agarwal et al., ICCV 2023, Eqs. 2-4; methods.md §4).
+"""A-STAR segregation and retention losses (Agarwal et al., ICCV 2023, Eqs. 2-4; docs/methods.md, "A-STAR").
 
 There is no authors' code: the losses are literal transcriptions of the paper's equations, and everything the
-paper leaves open follows the project choices of methods.md §4.2.
+paper leaves open follows the project choices of docs/methods.md, "A-STAR project choices".
 
 Shapes:
     maps      ``[B, H, W, T]`` head- and layer-averaged cross-attention of the latent/4 layers.
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from ..schedule import GuidanceSchedule
+from ..subjects.layout import LayoutGrid
 from . import maps as M
 
 Preprocessing = Literal["ae", "raw"]
@@ -26,7 +25,7 @@ Binarisation = Literal["half_max", "mean", "minmax_0.5"]
 
 @dataclass(frozen=True)
 class AStarConfig:
-    """A-STAR settings (project choices, methods.md §4.2; the paper fixes none of them).
+    """A-STAR settings (project choices, docs/methods.md, "A-STAR project choices"; the paper fixes none of them).
 
     ``preprocessing``: ``"ae"`` runs A&E's pipeline (drop ``<sot>``/last slot, ×100 re-softmax, 3×3 smoothing);
     ``"raw"`` uses the attention probabilities of the concept's tokens as they are.
@@ -37,7 +36,8 @@ class AStarConfig:
     maps it marks 41 and 53 pixels where ``half_max`` marks 4 and 3. ``"minmax_0.5"``
     (``(A - min)/(max - min) >= 0.5``) equals ``half_max`` when the minimum is about 0, as after the re-softmax.
 
-    The latent update follows A&E's guided window and step size, without refinement (:meth:`schedule`).
+    The latent update follows A&E's guided window and step size, without refinement
+    (:func:`~..methods.astar.paper_schedule`).
     """
 
     preprocessing: Preprocessing = "ae"
@@ -51,30 +51,6 @@ class AStarConfig:
         if self.binarisation not in ("half_max", "mean", "minmax_0.5"):
             raise ValueError(
                 f"AStarConfig.binarisation must be 'half_max', 'mean' or 'minmax_0.5', got {self.binarisation!r}"
-            )
-
-    def schedule(self) -> GuidanceSchedule:
-        """A&E's guided window and step size; the paper states no refinement, so there is none."""
-        return GuidanceSchedule(refinement_points=())
-
-
-@dataclass(frozen=True)
-class Layout:
-    """User layout masks that replace the automatic retention target ``B`` of some concepts (paper Sec. 5).
-
-    ``masks``: ``[B or 1, S, H, W]`` binary maps at attention resolution (see :func:`masks_to_grid`), one slot per
-    concept in subject order. ``given``: one flag per concept; a concept whose flag is False keeps the automatic
-    ``B`` and its slot in ``masks`` is ignored (fill it with zeros).
-    """
-
-    masks: torch.Tensor
-    given: tuple[bool, ...]
-
-    def __post_init__(self) -> None:
-        if self.masks.dim() != 4 or self.masks.shape[1] != len(self.given):
-            raise ValueError(
-                f"Layout.masks must be [B or 1, S, H, W] with S = {len(self.given)} concepts, "
-                f"got {tuple(self.masks.shape)}"
             )
 
 
@@ -147,22 +123,12 @@ def binarize(maps: torch.Tensor, rule: Binarisation) -> torch.Tensor:
     return mask.to(maps.dtype)
 
 
-def masks_to_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """User masks at image resolution ``[N, H_img, W_img]`` (values in 0…1) -> binary ``[N, h, w]`` maps.
-
-    Area averaging (any size and aspect ratio; cells that straddle pixels average the pixels they cover), then
-    ``>= 0.5`` (methods.md §4.2).
-    """
-    averaged = F.adaptive_avg_pool2d(masks.float()[:, None], size)[:, 0]
-    return (averaged >= 0.5).float()
-
-
 def astar_loss(
     maps: torch.Tensor,
     subjects: Sequence[Sequence[int]],
     previous: torch.Tensor | None = None,
     config: AStarConfig = AStarConfig(),
-    layout: Layout | None = None,
+    layout: LayoutGrid | None = None,
     columns: torch.Tensor | None = None,
 ) -> AStarResult:
     """Eq. 4: ``L = L_seg + L_ret`` per image.

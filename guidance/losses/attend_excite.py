@@ -1,4 +1,4 @@
-"""Attend-and-Excite loss (Chefer et al., SIGGRAPH 2023), as the authors coded it (methods.md §2.1).
+"""Attend-and-Excite loss (Chefer et al., SIGGRAPH 2023), as the authors coded it (docs/methods.md, "A&E loss").
 
 Per image: ``m_s = max_{y,x} Â_s`` for each subject's preprocessed map ``Â_s`` (§1.4-§1.5), and
 ``L = max_s max(0, 1 - m_s)``.
@@ -22,11 +22,11 @@ from . import maps as M
 
 @dataclass(frozen=True)
 class AttendExciteConfig:
-    """Map preprocessing of the loss, with the authors' defaults (methods.md §2.2).
+    """Map preprocessing of the loss, with the authors' defaults (docs/methods.md, "A&E refinement and defaults").
 
     ``sigma`` keeps the authors' meaning: the coded kernel is a Gaussian of standard deviation ``sqrt(2)·sigma``
-    (trap T1). ``normalize_eot`` re-softmaxes over the prompt's word tokens only, as official A&E does for SD-2.1
-    (trap T2); the loss then needs the prompt's word positions.
+    (docs/methods.md SHARED-KERNEL). ``normalize_eot`` re-softmaxes over the prompt's word tokens only, as official A&E
+    does for SD-2.1 (docs/methods.md A&E-EOT); the loss then needs the prompt's word positions.
     """
 
     smooth_attentions: bool = True
@@ -79,8 +79,8 @@ def attend_excite_loss(
     """``L = max_s max(0, 1 - m_s)`` per image: ``[B, H, W, T] -> loss [B], maxima [B, S]``.
 
     A loss of exactly 0 (every subject reaches 1) is a zero tensor; the reference returns the int 0 there and
-    skips the update (trap T4). The gradient reaches only the weakest subject's arg-max pixel and, through
-    smoothing, its neighbourhood. ``word_positions`` as in :func:`excite_maps`.
+    skips the update (docs/methods.md A&E-ZERO). The gradient reaches only the weakest subject's arg-max pixel and,
+    through smoothing, its neighbourhood. ``word_positions`` as in :func:`excite_maps`.
     """
     maxima = excite_maps(maps, subjects, config, word_positions).amax(dim=(-2, -1))
     per_subject = torch.relu(1.0 - maxima)

@@ -1,4 +1,5 @@
-"""Divide & Bind loss (Li et al., BMVC 2023) as the authors' latest pipeline computes it (methods.md §3).
+"""Divide & Bind loss (Li et al., BMVC 2023) as the authors' latest pipeline computes it (docs/methods.md, "Divide &
+Bind").
 
 Shapes:
     maps            ``[B, H, W, T]`` head- and layer-averaged cross-attention of the latent/4 layers.
@@ -17,47 +18,35 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..schedule import GuidanceSchedule, RefinementPoint, percent_to_step
+from ..engine.schedule import percent_to_step
 from . import maps as M
 
 Mode = Literal["tv", "tv_bind", "max"]
 TvVariant = Literal["coded", "textbook"]
 
-# The authors' loop indices 0 / 10 / 20 of 50 steps, as percentages of the run (guidance/schedule.py).
-_TV_POINTS = (RefinementPoint(0.0, 0.05), RefinementPoint(20.0, 0.2), RefinementPoint(40.0, 0.3))
-_MAX_POINTS = (RefinementPoint(0.0, 0.05), RefinementPoint(20.0, 0.5), RefinementPoint(40.0, 0.8))
-
-
 @dataclass(frozen=True)
 class DivideBindConfig:
-    """Divide & Bind settings; defaults are the authors' latest pipeline (methods.md §3.7).
+    """Divide & Bind settings; defaults are the authors' latest pipeline (docs/methods.md, "D&B defaults").
 
     ``mode``: ``"tv"`` (attendance only, the latest pipeline's default), ``"tv_bind"`` (attendance + binding, used
     for the paper's examples) or ``"max"`` (A&E-like maximum attention).
 
     ``tv_variant``: ``"textbook"`` (default) is the paper's total variation, the mean absolute horizontal plus the
     mean absolute vertical neighbour difference. ``"coded"`` reproduces the authors' code, whose vertical term
-    compares every row with the last row (trap T7). The refinement thresholds 0.05 / 0.2 / 0.3 and the binding
-    quantile cut-off 0.1 were tuned by the authors on the coded TV; the textbook TV is smaller on the same map
-    (0.032 vs 0.050 in the fixture) and the thresholds are not recalibrated for it.
+    compares every row with the last row (docs/methods.md D&B-TV). The refinement thresholds 0.05 / 0.2 / 0.3 and
+    the binding quantile cut-off 0.1 were tuned by the authors on the coded TV; the textbook TV is smaller on the
+    same map (0.032 vs 0.050 in the fixture) and the thresholds are not recalibrated for it.
 
-    ``refinement_points``: where refinement runs and its indicator target (refine while the indicator is below
-    it); ``None`` for the mode's default: tv modes minimum TV 0.05 / 0.2 / 0.3, ``max`` minimum max-attention
-    0.05 / 0.5 / 0.8, at 0 / 20 / 40 % of the steps (loop indices 0 / 10 / 20 of 50).
-    ``max_refinement_steps`` / ``max_refinement_steps_first_step``: iteration caps (the latter at loop index 0).
     ``bind_coefficients``: ``(percent of the steps, coefficient)``: the binding weight from that point on
     (1 / 5 / 10 from loop index 0 / 10 / 20 of 50).
     ``attribute_layer_divisors``: attribute maps come from the latent/1 and latent/2 layers (64 and 32 at 512 px).
-    The guided window and step size are A&E's (:class:`GuidanceSchedule` defaults, see :meth:`schedule`).
+    The refinement schedule the authors use with these settings is :func:`~..methods.divide_bind.paper_schedule`.
     """
 
     mode: Mode = "tv"
     tv_variant: TvVariant = "textbook"
     kernel_size: int = 3
     sigma: float = 0.5
-    refinement_points: tuple[RefinementPoint, ...] | None = None
-    max_refinement_steps: int = 50
-    max_refinement_steps_first_step: int = 100
     bind_coefficients: tuple[tuple[float, float], ...] = ((0.0, 1.0), (20.0, 5.0), (40.0, 10.0))
     bind_quantile_low_tv: float = 0.3
     bind_quantile_high_tv: float = 0.2
@@ -72,19 +61,6 @@ class DivideBindConfig:
             raise ValueError(f"DivideBindConfig.tv_variant must be 'coded' or 'textbook', got {self.tv_variant!r}")
         if not self.bind_coefficients or self.bind_coefficients[0][0] != 0.0:
             raise ValueError(f"bind_coefficients must start at 0 %, got {self.bind_coefficients}")
-
-    def points(self) -> tuple[RefinementPoint, ...]:
-        """The refinement points in use: ``refinement_points`` or the mode's default."""
-        if self.refinement_points is not None:
-            return self.refinement_points
-        return _MAX_POINTS if self.mode == "max" else _TV_POINTS
-
-    def schedule(self) -> GuidanceSchedule:
-        """A&E's guided window and step size with D&B's refinement points and caps: a point at 0 % (loop index 0)
-        allows ``max_refinement_steps_first_step`` updates, the others ``max_refinement_steps``."""
-        points = tuple(point._replace(max_steps=self.max_refinement_steps_first_step) if point.percent == 0.0
-                       else point for point in self.points())
-        return GuidanceSchedule(refinement_points=points, max_refinement_steps=self.max_refinement_steps)
 
     def binding_coefficient(self, step: int, steps: int) -> float:
         """``coef(i)`` at loop index ``step`` of a ``steps``-step run: the last entry that starts at or before it."""
@@ -116,7 +92,7 @@ def total_variation(maps: torch.Tensor, variant: TvVariant) -> torch.Tensor:
     """Attendance term ``TV``: ``[..., H, W] -> [...]``.
 
     ``textbook``: ``mean|A[y, x] - A[y, x+1]| + mean|A[y, x] - A[y+1, x]|``.
-    ``coded``: the same horizontal term plus ``mean_{y >= 1, x} |A[H-1, x] - A[y, x]|`` (trap T7).
+    ``coded``: the same horizontal term plus ``mean_{y >= 1, x} |A[H-1, x] - A[y, x]|`` (docs/methods.md D&B-TV).
     """
     horizontal = (maps[..., :, :-1] - maps[..., :, 1:]).abs().mean(dim=(-2, -1))
     if variant == "coded":
@@ -133,7 +109,7 @@ def binding_distributions(
 
     As coded: the attribute map is rescaled to the object's maximum, both maps go through a temperature-1
     softmax over pixels, the object-derived threshold ``quantile · max p`` is cut from both, ``epsilon`` is
-    added and nothing is renormalised (trap T9).
+    added and nothing is renormalised (docs/methods.md D&B-JSD).
     """
     rescaled = attributes / attributes.amax(dim=(-2, -1), keepdim=True) * objects.amax(dim=(-2, -1), keepdim=True)
     p = torch.softmax(objects.flatten(-2), dim=-1)
@@ -165,11 +141,11 @@ def divide_bind_loss(
     attribute_maps: torch.Tensor | None = None,
     columns: torch.Tensor | None = None,
 ) -> DivideBindResult:
-    """Per-image Divide & Bind loss (methods.md §3.2-§3.5).
+    """Per-image Divide & Bind loss (docs/methods.md, "D&B loss and refinement").
 
     Per subject ``j`` with smoothed map ``Â_j``: ``T_j = TV_j`` (``tv``),
     ``T_j = TV_j - coef(i)·Σ_k JSD(Â_j, Ĉ_jk)`` over its attributes ``k`` (``tv_bind``),
-    or ``T_j = max Â_j`` (``max``). The loss is ``-min_j T_j``, with no ``1 -`` and no clamp (trap T8).
+    or ``T_j = max Â_j`` (``max``). The loss is ``-min_j T_j``, with no ``1 -`` and no clamp (docs/methods.md D&B-MAX).
     ``attributes`` and ``attribute_maps`` are used in ``tv_bind`` mode only.
 
     maps, attribute_maps: ``[B, H, W, T]``; ``step``: the loop index ``i`` of a ``steps``-step run (sets
@@ -230,7 +206,8 @@ def _attribute_divergence(
 def aggregate_attribute_maps(
     layer_maps: Sequence[torch.Tensor], head_counts: Sequence[int], size: tuple[int, int]
 ) -> torch.Tensor:
-    """Attribute attention on the loss grid, as D&B's ``aggregate_attention_intermediate`` builds it (trap T10).
+    """Attribute attention on the loss grid, as D&B's ``aggregate_attention_intermediate`` builds it
+    (docs/methods.md D&B-ATTR-MAPS).
 
     Each layer's head-averaged map ``[B, h_k, w_k, T]`` is nearest-resampled to ``size = (H, W)`` (stride sampling
     ``(y·h_k/H, x·w_k/W)`` for integer ratios), then the layers are averaged weighted by ``head_counts``, which

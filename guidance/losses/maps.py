@@ -1,4 +1,5 @@
-"""Per-subject attention maps as the A&E, D&B and A-STAR losses see them (methods.md §1.4-§1.5).
+"""Per-subject attention maps as the A&E, D&B and A-STAR losses see them (docs/methods.md, "Token preprocessing" and
+"Smoothing").
 
 Shapes:
     maps      ``[B, H, W, T]`` head- and layer-averaged cross-attention probabilities over the prompt's
@@ -20,7 +21,8 @@ RESOFTMAX_SCALE = 100.0
 def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     """``[k, k]`` smoothing kernel exactly as the authors build it: ``exp(-((x - mu) / (2 sigma))^2)``.
 
-    That is a Gaussian of standard deviation ``sqrt(2)·sigma``; ``sigma`` keeps the authors' meaning (trap T1).
+    That is a Gaussian of standard deviation ``sqrt(2)·sigma``; ``sigma`` keeps the authors' meaning
+    (docs/methods.md SHARED-KERNEL).
     """
     grid = torch.arange(kernel_size, dtype=torch.float32)
     mean = (kernel_size - 1) / 2
@@ -45,7 +47,7 @@ def prompt_token_columns(word_positions: Sequence[int]) -> torch.Tensor:
 def resoftmax(maps: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """``softmax(100 · maps[..., columns])`` over the kept columns: ``[B, H, W, T] -> [B, H, W, len(columns)]``.
 
-    Out of place, unlike the reference's ``*= 100`` on a view (trap T3).
+    Out of place, unlike the reference's ``*= 100`` on a view (docs/methods.md SHARED-INPLACE).
     """
     return torch.softmax(maps[..., columns.to(maps.device)].float() * RESOFTMAX_SCALE, dim=-1)
 

@@ -1,5 +1,5 @@
 """A-STAR as a guidance term: segregation of the subjects' maps plus retention of each subject's previous region
-(or of its user layout), Eq. 4 of Agarwal et al. 2023 (methods.md §4)."""
+(or of its user layout), Eq. 4 of Agarwal et al. 2023 (docs/methods.md, "A-STAR")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,11 +7,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..layout import SubjectLayout
+from ..engine.schedule import GuidanceSchedule
+from ..engine.spec import GuidanceSpec, TermInputs
 from ..losses.astar import AStarConfig, AStarResult, astar_loss, concept_maps
-from ..schedule import GuidanceSchedule
-from ..spec import GuidanceSpec, TermInputs
-from ..tokens import SubjectTokens
+from ..subjects.layout import SubjectLayout
+from ..subjects.tokens import SubjectTokens
+
+
+def paper_schedule() -> GuidanceSchedule:
+    """A&E's guided window and step size; the paper states no refinement, so there is none."""
+    return GuidanceSchedule(refinement_points=())
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,11 @@ class AStarTerm:
 
 def astar(tokens: SubjectTokens, schedule: GuidanceSchedule, config: AStarConfig = AStarConfig(),
           layout: SubjectLayout | None = None, weight: float = 1.0) -> GuidanceSpec:
-    """An A-STAR guidance (the paper's schedule is :meth:`AStarConfig.schedule`: A&E's window, no refinement).
+    """An A-STAR guidance (the paper's schedule is :func:`paper_schedule`).
 
     Raises ValueError when the layout was made for other subjects than ``tokens`` names.
     """
     if layout is not None and layout.labels != tokens.labels:
         raise ValueError(f"the layout is for the subjects ({', '.join(layout.labels)}) but the tokens name "
                          f"({', '.join(tokens.labels)}); build the layout from the same tokens, one mask per subject")
-    return GuidanceSpec(tokens, (AStarTerm(tokens.subject_positions, config, layout, weight),), schedule)
+    return GuidanceSpec(tokens, (AStarTerm(tokens.subject_positions, config, layout, weight),), (schedule,))

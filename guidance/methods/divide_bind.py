@@ -1,15 +1,37 @@
-"""Divide & Bind as a guidance term: attendance (TV) and binding (JSD) on the engine's attention (methods.md §3)."""
+"""Divide & Bind as a guidance term: attendance (TV) and binding (JSD) on the engine's attention (docs/methods.md,
+"Divide & Bind")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from ..losses.divide_bind import (DivideBindConfig, DivideBindResult, aggregate_attribute_maps, divide_bind_loss,
-                                  needs_refinement)
-from ..schedule import GuidanceSchedule
-from ..spec import GuidanceSpec, TermInputs
-from ..tokens import SubjectTokenError, SubjectTokens
+from ..engine.schedule import GuidanceSchedule, RefinementPoint
+from ..engine.spec import GuidanceSpec, TermInputs
+from ..losses.divide_bind import (
+    DivideBindConfig,
+    DivideBindResult,
+    aggregate_attribute_maps,
+    divide_bind_loss,
+    needs_refinement,
+)
+from ..subjects.tokens import SubjectTokenError, SubjectTokens
+
+# The authors' refinement at loop indices 0 / 10 / 20 of 50 steps, as percentages of the run: refine while the
+# mode's indicator (tv modes: minimum TV; max mode: minimum maximum attention) is below the threshold.
+TV_REFINEMENT = (RefinementPoint(0.0, 0.05), RefinementPoint(20.0, 0.2), RefinementPoint(40.0, 0.3))
+MAX_REFINEMENT = (RefinementPoint(0.0, 0.05), RefinementPoint(20.0, 0.5), RefinementPoint(40.0, 0.8))
+MAX_REFINEMENT_STEPS = 50
+FIRST_STEP_MAX_REFINEMENT_STEPS = 100  # at loop index 0, where the latent is furthest from any target
+
+
+def paper_schedule(mode: str) -> GuidanceSchedule:
+    """The authors' schedule for ``mode``: A&E's guided window and step size, the mode's refinement thresholds, at
+    most 100 updates at the first step and 50 at the others."""
+    points = MAX_REFINEMENT if mode == "max" else TV_REFINEMENT
+    points = tuple(point._replace(max_steps=FIRST_STEP_MAX_REFINEMENT_STEPS) if point.percent == 0.0 else point
+                   for point in points)
+    return GuidanceSchedule(refinement_points=points, max_refinement_steps=MAX_REFINEMENT_STEPS)
 
 
 @dataclass(frozen=True)
@@ -69,4 +91,4 @@ def divide_bind(tokens: SubjectTokens, schedule: GuidanceSchedule, config: Divid
                 "mode tv_bind binds attributes to their subjects, but no subject has one. Write each attribute "
                 "before its subject in the subjects input ('yellow bowl, blue cat'), or use mode tv.")
     term = DivideBindTerm(tokens.subject_positions, attributes, config, weight)
-    return GuidanceSpec(tokens, (term,), schedule)
+    return GuidanceSpec(tokens, (term,), (schedule,))

@@ -1,4 +1,5 @@
-"""Attention Regulation (Zhang et al., ECCV 2024): on-the-fly edit of cross-attention logits (methods.md §5)."""
+"""Attention Regulation (Zhang et al., ECCV 2024): on-the-fly edit of cross-attention logits (docs/methods.md,
+"Attention Regulation")."""
 from .basis import MIN_MAP_SIZE, axis_centres, basis_size, gaussian_basis, supports_map
 from .bias import (
     BiasSearch,

@@ -1,4 +1,5 @@
-"""Gaussian basis of the additive logit bias (Eqs. 11-12; methods.md §5.3, trap T22).
+"""Gaussian basis of the additive logit bias (Eqs. 11-12; docs/methods.md, "AR bias search", docs/methods.md
+AR-MAP-SIZE).
 
 Per axis of an ``h × w`` map: ``σ = size // 16`` and centres ``2σ, 4σ, … < size``. Basis function ``k`` is
 ``G_k[y, x] = exp(−((x − x0)² / (2σ_x²) + (y − y0)² / (2σ_y²)))`` (peak 1, not normalised), with ``x0`` in the

@@ -1,4 +1,4 @@
-"""Search for the additive bias on the target logits (Eqs. 9, 11, 13; methods.md §5.3).
+"""Search for the additive bias on the target logits (Eqs. 9, 11, 13; docs/methods.md, "AR bias search").
 
 Shapes (N = images · heads rows of one layer call, K basis functions, S targets, T tokens):
     logits   ``[N, h, w, T]`` unedited pre-softmax scores (fp32)
@@ -7,8 +7,8 @@ Shapes (N = images · heads rows of one layer call, K basis functions, S targets
     weights  ``[N, K, S]`` basis weights θ
     bias     ``[N, h, w, S]`` ``Σ_k W[:, k, s] · G_k``, added to the target columns only
 
-Each row moves as if optimised alone with step ``learning_rate`` (trap T21): the coded step ``N · lr`` on a
-loss averaged over the N rows, or ``lr`` on the sum of per-row losses. Rows are coupled only through the choice
+Each row moves as if optimised alone with step ``learning_rate`` (docs/methods.md AR-ROWS): the coded step ``N · lr`` on
+a loss averaged over the N rows, or ``lr`` on the sum of per-row losses. Rows are coupled only through the choice
 of the best iterate, which one group of rows shares: the whole layer call in reference mode, one image otherwise.
 
 The search runs ``iterations`` forward and backward passes per layer call, so its cost is kept to the S target
@@ -66,7 +66,7 @@ def basis_bias(basis: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``Σ_k W[:, k, s] · G_k``: ``[K, h, w]``, ``[N, K, S] -> [N, h, w, S]``.
 
     A broadcast product summed over the basis axis, as coded: with an effective step of 100 the later iterates
-    depend on the summation order (an einsum shifts late losses by about 1e-4, methods.md §5.6).
+    depend on the summation order (an einsum shifts late losses by about 1e-4, docs/methods.md, "AR bias search").
     """
     return (basis[None, :, :, :, None] * weights[:, :, None, None, :]).sum(dim=1)
 

@@ -1,4 +1,4 @@
-"""Attention Regulation settings with the authors' internal defaults (methods.md §5.4)."""
+"""Attention Regulation settings with the authors' internal defaults (docs/methods.md, "AR defaults")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +16,8 @@ class RegulationConfig:
         ``"default"``: edited rows are a plain softmax over all tokens (they sum to 1), the edited logits stay
         fp32, and each image keeps its own best iterate, so an image's edit does not depend on its batch.
         ``"reference"``: the coded behaviour: the unedited ``<sot>``/``<eot>`` probabilities are written back
-        after the softmax (rows no longer sum to 1, trap T19), the edited logits are rounded to fp16 (T20), and
-        one best iterate is chosen on the mean loss of all rows of the layer call (T21).
+        after the softmax (rows no longer sum to 1, docs/methods.md AR-SOT-EOT), the edited logits are rounded to fp16
+        (AR-FP16), and one best iterate is chosen on the mean loss of all rows of the layer call (AR-ROWS).
 
     ``ema_decay`` is the weight of the previous step's bias (the authors' ``decay``). The coverage term aims the
     mean attention of each of the S targets at ``min(target_share_cap, target_share · S) / S``.

@@ -1,15 +1,16 @@
-"""Attention Regulation on the conditional rows of one cross-attention call (methods.md §5.2-§5.3).
+"""Attention Regulation on the conditional rows of one cross-attention call (docs/methods.md, "AR inside one layer
+call").
 
 Shapes (S = len(targets), K = ``basis_size(h, w)``, T tokens):
     logits         ``[images, heads, h·w, T]`` pre-softmax scores ``Q Kᵀ / √d`` of the conditional rows
     init_weights   ``[images, heads, K, S]`` initial basis weights W0 (``initial_weights``)
     previous/state ``[images, heads, h, w, S]`` raw best bias of the previous edited step of the same layer and
-                   branch; the caller keys it by layer identity (trap T23)
+                   branch; the caller keys it by layer identity (docs/methods.md AR-STATE-KEY)
     probabilities  ``[images, heads, h·w, T]`` fp32
 
 The step: search the bias (``bias.optimise_bias``), blend it with the previous step's bias
 (``M = 0.25·M_prev + 0.75·M_best``, Eq. 14, the step-0 partner being the random initial pattern ``Σ W0 G`` as
-coded, trap T18), scale by ``0.99^step`` (Eq. 15), add to the target logits, softmax.
+coded, docs/methods.md AR-EMA-START), scale by ``0.99^step`` (Eq. 15), add to the target logits, softmax.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def initial_weights(
 ) -> torch.Tensor:
     """W0 ``~ U[0, 1)`` of shape ``[images, heads, K, S]`` drawn from ``generator``, on its device.
 
-    The authors draw from the global RNG (trap T17); the caller owns a dedicated generator instead.
+    The authors draw from the global RNG (docs/methods.md AR-RNG); the caller owns a dedicated generator instead.
     """
     shape = (images, heads, basis_size(height, width), target_count)
     return torch.rand(shape, generator=generator, device=generator.device)
@@ -81,7 +82,7 @@ def edited_logits(
     logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor, config: RegulationConfig
 ) -> torch.Tensor:
     """``logits`` ``[..., T]`` with ``bias`` ``[..., S]`` added to the target columns; reference mode rounds the
-    result to fp16 as coded (trap T20) and returns it as fp32."""
+    result to fp16 as coded (docs/methods.md AR-FP16) and returns it as fp32."""
     edited = logits.index_add(-1, targets, bias)
     return edited.half().float() if config.mode == "reference" else edited
 
@@ -90,7 +91,7 @@ def edited_probabilities(
     logits: torch.Tensor, edited: torch.Tensor, eos_position: int | None, config: RegulationConfig
 ) -> torch.Tensor:
     """``softmax_T(edited)``; reference mode then writes the unedited ``<sot>`` and ``<eot>`` probabilities back
-    (trap T19), so its rows no longer sum to 1."""
+    (docs/methods.md AR-SOT-EOT), so its rows no longer sum to 1."""
     probabilities = edited.softmax(dim=-1)
     if config.mode == "default":
         return probabilities

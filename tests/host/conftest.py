@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit import comfy_host, hosts
+from devkit import comfy_host, hosts
 
 _found = hosts.discover()
 HOST_PATH = Path(os.environ["AG_TEST_HOST"]) if os.environ.get("AG_TEST_HOST") else _found[0].path
@@ -18,7 +18,7 @@ def pytest_report_header() -> str:
 @pytest.fixture(scope="session")
 def tiny():
     """``tiny("sd1")``: a tiny checkpoint per family, built once per session (tests clone, never mutate it)."""
-    from testkit.tiny_models import tiny_checkpoint
+    from devkit.tiny_models import tiny_checkpoint
 
     built = {}
 

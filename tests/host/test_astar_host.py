@@ -1,18 +1,25 @@
 """A-STAR and subject layouts on a real host: the nodes, the off switch, segregation, layouts, retention's memory."""
 import re
 
+import comfy.samplers
 import pytest
 import torch
 
-import comfy.samplers
 import nodes
-from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
+from devkit.comfy_host import ag
+from devkit.sampling import (
+    IS_CURRENT_HOST,
+    guided_ksampler,
+    ksampler_inputs,
+    recording_sampler,
+    sample_custom,
+    stock_ksampler,
+)
 
 bridge = ag("guidance.comfy_bridge")
-schedule_module = ag("guidance.schedule")
-spec_module = ag("guidance.spec")
-tokens_module = ag("guidance.tokens")
+schedule_module = ag("guidance.engine.schedule")
+spec_module = ag("guidance.engine.spec")
+tokens_module = ag("guidance.subjects.tokens")
 methods = ag("guidance.methods.astar")
 losses = ag("guidance.losses.astar")
 common = ag("nodes.common")
@@ -47,7 +54,7 @@ def guided_run(checkpoint, spec, steps=6, seed=5):
 
 def plain_run(checkpoint, steps=6, seed=5):
     record = []
-    sample_custom(checkpoint.model, checkpoint.clip, bridge.recording_sampler("euler", record), steps=steps, seed=seed)
+    sample_custom(checkpoint.model, checkpoint.clip, recording_sampler("euler", record), steps=steps, seed=seed)
     return record
 
 
@@ -129,7 +136,7 @@ def test_a_box_layout_raises_each_subjects_share_inside_its_box(tiny):
     checkpoint = tiny("sd1")
     tokens = tokens_for(checkpoint)
     layout, masks = box_layout(tokens)
-    cells = losses.masks_to_grid(masks, (8, 8))
+    cells = ag("guidance.subjects.layout").masks_to_grid(masks, (8, 8))
     plain = plain_run(checkpoint)
     guided = guided_run(checkpoint, astar_node(tokens, step_size=3000.0, layout=layout))
     before, after = box_shares(plain, tokens, cells)[1:4], box_shares(guided, tokens, cells)[1:4]
@@ -167,8 +174,8 @@ def test_retention_uses_the_maps_of_the_previous_guided_step(tiny):
     checkpoint = tiny("sd1")
     tokens = tokens_for(checkpoint)
     spy = Spy(methods.AStarTerm(tokens.subject_positions, losses.AStarConfig(binarisation="mean")))
-    record = guided_run(checkpoint, spec_module.GuidanceSpec(tokens, (spy,), schedule_module.GuidanceSchedule(
-        scale_factor=200.0, refinement_points=())))
+    record = guided_run(checkpoint, spec_module.GuidanceSpec(tokens, (spy,), (schedule_module.GuidanceSchedule(
+        scale_factor=200.0, refinement_points=()),)))
     assert [step for step, _, _ in spy.calls] == [0, 1, 2]  # one pass per guided step, no refinement
     first_previous, first = spy.calls[0][1:]
     assert first_previous is None and not first.retained.any() and not first.retention.any()

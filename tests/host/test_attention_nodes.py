@@ -6,11 +6,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import nodes
-from testkit import workflow as wf
-from testkit.comfy_host import ag
-from testkit.sampling import encode
+from devkit import workflow as wf
+from devkit.comfy_host import ag
+from devkit.sampling import encode
 
-record_module = ag("guidance.record")
+record_module = ag("guidance.inspection.history")
 NodeInputError = ag("nodes.common").NodeInputError
 NODES = nodes.NODE_CLASS_MAPPINGS
 PROMPT, SUBJECTS = "a cat and a frog", "cat, frog"
@@ -98,5 +98,5 @@ def test_save_attention_writes_the_maps_and_their_labels(tiny, tmp_path):
     with safe_open(str(path), "pt") as opened:
         metadata = opened.metadata()
     assert metadata["labels"] == '["cat", "frog"]' and metadata["steps"] == "[0, 1]"
-    loaded = record_module.record_from_tensors(load_file(str(path)), metadata)
+    loaded = record_module.history_from_tensors(load_file(str(path)), metadata)
     assert torch.equal(loaded.maps, record.maps.float()) and loaded.sigmas == record.sigmas

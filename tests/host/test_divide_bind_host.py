@@ -2,18 +2,18 @@
 the three doors, bad input."""
 from dataclasses import dataclass, field, replace
 
+import comfy.samplers
 import pytest
 import torch
 
-import comfy.samplers
 import nodes
-from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
+from devkit.comfy_host import ag
+from devkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
 
 bridge = ag("guidance.comfy_bridge")
-schedule_module = ag("guidance.schedule")
-spec_module = ag("guidance.spec")
-tokens_module = ag("guidance.tokens")
+schedule_module = ag("guidance.engine.schedule")
+spec_module = ag("guidance.engine.spec")
+tokens_module = ag("guidance.subjects.tokens")
 dnb_loss = ag("guidance.losses.divide_bind")
 dnb_method = ag("guidance.methods.divide_bind")
 combine_method = ag("guidance.methods.combine")
@@ -22,8 +22,9 @@ NODES = nodes.NODE_CLASS_MAPPINGS
 
 PROMPT, SUBJECTS = "a yellow bowl and a blue cat", "yellow bowl, blue cat"
 BIND = dnb_loss.DivideBindConfig(mode="tv_bind")
-QUICK = replace(BIND.schedule(), max_refinement_steps=2,
-                refinement_points=tuple(point._replace(max_steps=2) for point in BIND.schedule().refinement_points))
+PAPER = dnb_method.paper_schedule(BIND.mode)
+QUICK = replace(PAPER, max_refinement_steps=2,
+                refinement_points=tuple(point._replace(max_steps=2) for point in PAPER.refinement_points))
 
 
 def tokens_for(checkpoint, prompt=PROMPT, subjects=SUBJECTS):
@@ -77,7 +78,7 @@ def test_the_term_gets_the_attribute_levels_it_asks_for(tiny, family, levels):
         assert level_maps.maps.shape[-1] == 77 and level_maps.maps.requires_grad
         torch.testing.assert_close(level_maps.maps.sum(-1), torch.ones_like(level_maps.maps[..., 0]))
     assert result.jsd.shape == (1, 2) and (result.jsd > 0).all()
-    ae, ae_probe = probed(ag("guidance.spec").attend_and_excite(tokens_for(checkpoint), QUICK))
+    ae, ae_probe = probed(ag("guidance.methods.attend_excite").attend_and_excite(tokens_for(checkpoint), QUICK))
     sample_custom(checkpoint.model, checkpoint.clip, bridge.guided_sampler("euler", ae), steps=2, prompt=PROMPT)
     assert ae_probe.seen[0][0].level_maps == {}  # A&E records latent/4 only, as before
 
@@ -125,8 +126,9 @@ def test_divide_and_bind_off_is_bit_identical_to_the_stock_ksampler(tiny):
 def test_binding_lowers_the_divergence_between_attribute_and_subject_maps(tiny):
     checkpoint = tiny("sd1")
     # A random tiny model averages unrelated heads into nearly uniform maps: the binding JSD is ~1e-6 against a TV
-    # of ~1e-3 (a real SD1.5 gives ~1e-3 for both, methods.md §3.8). A binding coefficient of 1e4 restores the
-    # paper's balance between the two, and a larger step than the paper's 20 lifts the effect above numerical noise.
+    # of ~1e-3 (a real SD1.5 gives ~1e-3 for both, docs/methods.md, "D&B binding term"). A binding coefficient of 1e4
+    # restores the paper's balance between the two, and a larger step than the paper's 20 lifts the effect above
+    # numerical noise.
     config = replace(BIND, bind_coefficients=((0.0, 1e4),))
     schedule = schedule_module.GuidanceSchedule(scale_factor=1000.0, refinement_points=())
     runs = {}
@@ -174,7 +176,7 @@ def test_divide_and_bind_node_defaults_are_the_authors(tiny):
         if name != "tokens"})[0]
     (term,) = spec.terms
     assert term.config == dnb_loss.DivideBindConfig() and term.weight == 1.0
-    assert spec.schedule == dnb_loss.DivideBindConfig().schedule()
+    assert spec.schedules == (dnb_method.paper_schedule("tv"),)
 
 
 def test_bad_input_says_what_to_fix(tiny):

@@ -1,6 +1,6 @@
 """The pack as a user meets it: the host's own web page, in headless Chromium, served by the host's own server.
 
-The server runs as a subprocess on loopback (``testkit.comfy_server``) with this pack installed and the test-only
+The server runs as a subprocess on loopback (``devkit.comfy_server``) with this pack installed and the test-only
 tiny loader registered. Playwright drives Debian's ``/usr/bin/chromium`` (``AG_CHROMIUM`` overrides the path).
 Every workflow in ``workflows/`` is loaded through the frontend exactly as shipped: no node type may be missing and
 the pack's nodes must show all their widgets. Then, through the frontend's graph API, each Load Checkpoint is
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import nodes
-from testkit import REPO_ROOT
-from testkit import workflow as wf
-from testkit.comfy_server import ComfyServer, frontend_unavailable
+from devkit import REPO_ROOT
+from devkit import workflow as wf
+from devkit.comfy_server import ComfyServer, frontend_unavailable
 
 HOST = Path(nodes.__file__).resolve().parent
 LEGACY_FRONTEND = (HOST / "web" / "index.html").is_file()  # the 2024 host's own frontend, before it moved to PyPI
@@ -50,7 +50,7 @@ FIT_TO_VIEW = """([left, top, margin]) => {
     return scale;
 }"""
 
-# Load Checkpoint -> the tiny loader (same place, same links), sizes and steps capped like testkit.workflow.shrunk.
+# Load Checkpoint -> the tiny loader (same place, same links), sizes and steps capped like devkit.workflow.shrunk.
 SWAP_AND_SHRINK = """({families, maxSize, maxSteps}) => {
     const graph = app.graph;
     const linkById = id => graph.links instanceof Map ? graph.links.get(id) : graph.links[id];

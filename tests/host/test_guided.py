@@ -1,18 +1,26 @@
 """The guided sampler on a real host: the off switch, the effect, batches, interrupts, families, doors."""
-import pytest
-import torch
-
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
+import pytest
+import torch
+
 import nodes
-from testkit.comfy_host import ag
-from testkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, sigmas, stock_ksampler
+from devkit.comfy_host import ag
+from devkit.sampling import (
+    IS_CURRENT_HOST,
+    guided_ksampler,
+    ksampler_inputs,
+    recording_sampler,
+    sample_custom,
+    sigmas,
+    stock_ksampler,
+)
 
 bridge = ag("guidance.comfy_bridge")
-schedule_module = ag("guidance.schedule")
-spec_module = ag("guidance.spec")
-tokens_module = ag("guidance.tokens")
+schedule_module = ag("guidance.engine.schedule")
+attend_excite_method = ag("guidance.methods.attend_excite")
+tokens_module = ag("guidance.subjects.tokens")
 attend_excite = ag("guidance.losses.attend_excite")
 NODES = nodes.NODE_CLASS_MAPPINGS
 
@@ -27,7 +35,7 @@ def tokens_for(checkpoint, prompt=PROMPT, subjects=SUBJECTS):
 
 
 def ae_spec(checkpoint, schedule=QUICK, **kwargs):
-    return spec_module.attend_and_excite(tokens_for(checkpoint), schedule, **kwargs)
+    return attend_excite_method.attend_and_excite(tokens_for(checkpoint), schedule, **kwargs)
 
 
 def off_specs(checkpoint):
@@ -71,7 +79,7 @@ def test_attend_and_excite_raises_the_weakest_subjects_attention(tiny, family):
     checkpoint = tiny(family)
     tokens = tokens_for(checkpoint)
     plain_record, guided_record = [], []
-    sample_custom(checkpoint.model, checkpoint.clip, bridge.recording_sampler("euler", plain_record), steps=6, seed=5)
+    sample_custom(checkpoint.model, checkpoint.clip, recording_sampler("euler", plain_record), steps=6, seed=5)
     # A random tiny model averages 40 unrelated head maps into nearly uniform attention, which moves little per
     # unit of latent change; a larger step than the paper's 20 makes the effect stand far above numerical noise.
     spec = ae_spec(checkpoint, schedule_module.GuidanceSchedule(scale_factor=2000.0, refinement_points=()))

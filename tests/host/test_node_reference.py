@@ -1,10 +1,10 @@
 """The README's node reference matches the node definitions (``make node-reference`` regenerates it)."""
 import importlib.util
 
-from testkit import REPO_ROOT
-from testkit.comfy_host import ag
+from devkit import REPO_ROOT
+from devkit.comfy_host import ag
 
-_spec = importlib.util.spec_from_file_location("node_reference", REPO_ROOT / "scripts" / "node_reference.py")
+_spec = importlib.util.spec_from_file_location("node_reference", REPO_ROOT / "tools" / "node_reference.py")
 reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reference)
 PACK_NODES = ag("nodes").NODE_CLASS_MAPPINGS

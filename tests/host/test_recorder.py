@@ -1,13 +1,15 @@
 """The attention recorder on a real host: exact outputs, layer selection, composition with other patches."""
+import comfy.samplers
 import pytest
 import torch
 
-import comfy.samplers
-from testkit.comfy_host import ag
-from testkit.sampling import sample_custom
+from devkit.comfy_host import ag
+from devkit.sampling import recording_sampler, sample_custom, with_recorder
 
 bridge = ag("guidance.comfy_bridge")
-store_module = ag("guidance.store")
+store_module = ag("guidance.capture.store")
+recorder_module = ag("guidance.comfy_bridge.recorder")
+compat = ag("guidance.comfy_bridge.compat")
 
 # Real block layouts (comfyui-host.md §4): the latent/4 cross-attention layers of each family.
 EXPECTED_SITES = {
@@ -29,7 +31,7 @@ def test_sites_are_the_latent_over_4_layers(tiny, family):
 def test_recorded_maps_have_the_layer_size_and_sum_to_one(tiny, family, width, height):
     checkpoint = tiny(family)
     record = []
-    sample_custom(bridge.with_recorder(checkpoint.model), checkpoint.clip, bridge.recording_sampler("euler", record),
+    sample_custom(with_recorder(checkpoint.model), checkpoint.clip, recording_sampler("euler", record),
                   width=width, height=height)
     assert [step.step for step in record] == [0, 1]
     expected = (-(-height // 32), -(-width // 32))  # latent/4 of the latent (image / 8)
@@ -42,8 +44,8 @@ def test_patched_output_equals_unpatched(tiny):
     checkpoint = tiny("sd1")
     plain = sample_custom(checkpoint.model, checkpoint.clip, comfy.samplers.sampler_object("euler"))
     record = []
-    patched = sample_custom(bridge.with_recorder(checkpoint.model), checkpoint.clip,
-                            bridge.recording_sampler("euler", record))
+    patched = sample_custom(with_recorder(checkpoint.model), checkpoint.clip,
+                            recording_sampler("euler", record))
     assert record, "the recorder did not record"
     assert (patched - plain).abs().max().item() <= 1e-5
 
@@ -58,7 +60,7 @@ def test_another_packs_patch_still_runs_and_is_wrapped(tiny):
 
     def halve_attention(q, k, v, extra_options):  # stands in for an IPAdapter-style attn2 replace patch
         calls.append(extra_options["block"])
-        return bridge.host_attention(q, k, v, extra_options) * 0.5
+        return compat.host_attention(q, k, v, extra_options) * 0.5
 
     foreign = checkpoint.model.clone()
     foreign.set_model_attn2_replace(halve_attention, "input", 7)
@@ -66,7 +68,7 @@ def test_another_packs_patch_still_runs_and_is_wrapped(tiny):
     calls.clear()
 
     record = []
-    recorded = sample_custom(bridge.with_recorder(foreign), checkpoint.clip, bridge.recording_sampler("euler", record))
+    recorded = sample_custom(with_recorder(foreign), checkpoint.clip, recording_sampler("euler", record))
     assert calls, "the other pack's patch no longer runs"
     assert (recorded - expected).abs().max().item() <= 1e-5
     assert len(record) == 2
@@ -74,7 +76,7 @@ def test_another_packs_patch_still_runs_and_is_wrapped(tiny):
 
 def test_installing_twice_equals_installing_once(tiny):
     model = tiny("sdxl").model
-    once, twice = bridge.with_recorder(model), bridge.with_recorder(bridge.with_recorder(model))
+    once, twice = with_recorder(model), with_recorder(with_recorder(model))
     assert replace_patches(once).keys() == replace_patches(twice).keys()
     assert len(replace_patches(once)) == 6 * 2  # six latent/4 sites, two transformer blocks each
     assert all(patch.wrapped is None for patch in replace_patches(twice).values())
@@ -83,25 +85,25 @@ def test_installing_twice_equals_installing_once(tiny):
 def test_input_model_is_not_mutated_and_each_run_starts_clean(tiny):
     checkpoint = tiny("sd1")
     options_before = repr(checkpoint.model.model_options)
-    recorder = bridge.with_recorder(checkpoint.model)
+    recorder = with_recorder(checkpoint.model)
     assert repr(checkpoint.model.model_options) == options_before
     assert replace_patches(recorder) and not replace_patches(checkpoint.model)
 
     record = []
-    sampler = bridge.recording_sampler("euler", record)
+    sampler = recording_sampler("euler", record)
     first = sample_custom(recorder, checkpoint.clip, sampler, steps=3)
     first_maps = [step.maps for step in record]
     second = sample_custom(recorder, checkpoint.clip, sampler, steps=3)
     assert [step.step for step in record] == [0, 1, 2]
     assert torch.equal(first, second)
     assert all(torch.equal(a, b.maps) for a, b in zip(first_maps, record))
-    assert bridge.STORE_KEY not in recorder.model_options["transformer_options"]
+    assert recorder_module.STORE_KEY not in recorder.model_options["transformer_options"]
 
 
 def test_batches_record_every_image(tiny):
     checkpoint = tiny("sd1")
     record = []
-    sample_custom(bridge.with_recorder(checkpoint.model), checkpoint.clip, bridge.recording_sampler("euler", record),
+    sample_custom(with_recorder(checkpoint.model), checkpoint.clip, recording_sampler("euler", record),
                   batch=2)
     assert record[0].maps.shape == (2, 8, 8, 77)
     assert not torch.equal(record[0].maps[0], record[0].maps[1])  # different noise, different maps
@@ -120,7 +122,7 @@ def test_unsupported_family_names_the_supported_ones():
         model = comfy.model_patcher.ModelPatcher(comfy.model_base.StableCascade_C(config), torch.device("cpu"),
                                                  torch.device("cpu"))
     with pytest.raises(bridge.UnsupportedModelError, match="supports SD1.x, SD2.x and SDXL"):
-        bridge.with_recorder(model)
+        with_recorder(model)
 
 
 def test_pack_registers_its_nodes():

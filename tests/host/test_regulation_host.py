@@ -8,20 +8,25 @@ import logging
 import re
 from types import SimpleNamespace
 
+import comfy.samplers
 import pytest
 import torch
 
-import comfy.samplers
 import nodes
-from testkit.comfy_host import ag
-from testkit.sampling import encode, sample_custom
+from devkit.comfy_host import ag
+from devkit.sampling import IS_CURRENT_HOST, encode, recording_sampler, sample_custom, with_recorder
 
 bridge = ag("guidance.comfy_bridge")
-tokens_module = ag("guidance.tokens")
+bridge_regulation = ag("guidance.comfy_bridge.regulation")
+compat = ag("guidance.comfy_bridge.compat")
+patches = ag("guidance.comfy_bridge.patches")
+recorder = ag("guidance.comfy_bridge.recorder")
+regulation_run = ag("guidance.regulation.run")
+tokens_module = ag("guidance.subjects.tokens")
 regulation = ag("guidance.regulation")
 regulation_node = ag("nodes.regulation")
 common = ag("nodes.common")
-attention = ag("guidance.attention")
+attention = ag("guidance.capture.attention")
 
 PROMPT = "a cat and a frog"
 SIZE = 512  # latent 64: 16x16 maps at latent/4, the smallest size the basis supports
@@ -37,7 +42,7 @@ def subject_tokens(checkpoint, prompt=PROMPT, subjects="cat, frog"):
 
 
 def regulated(checkpoint, observer=None, model=None, **settings):
-    spec = bridge.RegulationSpec.from_tokens(subject_tokens(checkpoint), regulation.RegulationConfig(**settings))
+    spec = regulation_run.RegulationSpec.from_tokens(subject_tokens(checkpoint), regulation.RegulationConfig(**settings))
     return bridge.with_regulation(checkpoint.model if model is None else model, spec, observer)
 
 
@@ -61,10 +66,11 @@ def other_pack_patch(log):
     A closure, as packs write them: ModelPatcher.clone deep-copies patch objects but shares closures.
     """
     def patch(q, k, v, extra_options):
-        rows = bridge.conditional_rows(extra_options["cond_or_uncond"], q.shape[0])
+        rows = [row for _, chunk in patches.conditional_chunks(extra_options["cond_or_uncond"], q.shape[0])
+                for row in chunk]
         layer = (*extra_options["block"], extra_options["block_index"])
         log.append((layer, attention.attention_probabilities(q[rows], k[rows], extra_options["n_heads"])))
-        return bridge.host_attention(q, k, v, extra_options)
+        return compat.host_attention(q, k, v, extra_options)
 
     return patch
 
@@ -136,7 +142,7 @@ def test_reference_mode_restores_start_and_end_token_attention(tiny):
     for event in events:
         for column in (0, eos):
             torch.testing.assert_close(event.after[..., column], event.before[..., column], rtol=0, atol=1e-6)
-        assert event.after.sum(-1).max() > 1.001  # rows no longer sum to 1, as coded (trap T19)
+        assert event.after.sum(-1).max() > 1.001  # rows no longer sum to 1, as coded (docs/methods.md AR-SOT-EOT)
 
 
 def test_sd1_edits_its_16x16_layers(tiny):
@@ -179,10 +185,15 @@ def test_each_run_starts_fresh(tiny):
     assert torch.equal(ksample(model, checkpoint, seed=3), first)
 
 
-@pytest.mark.parametrize("sampler,steps", [("euler", [0, 1]), ("heun", [0, 1, 1]), ("dpmpp_2m", [0, 1])])
-def test_step_index_and_ema_partner_follow_the_schedule_per_layer(tiny, sampler, steps):
-    """heun evaluates again at the next step's sigma: that call belongs to the next step on both hosts and blends
-    with the same partner, the layer's own bias from step 0."""
+# heun's corrector evaluates the model at the next step's noise level after reporting its step: it belongs to the
+# step it corrects, as for latent guidance; the 2024 host, which has no step reports, counts it as the next step.
+HEUN_STEPS = [0, 0, 1] if IS_CURRENT_HOST else [0, 1, 1]
+
+
+@pytest.mark.parametrize("sampler,steps", [("euler", [0, 1]), ("heun", HEUN_STEPS), ("dpmpp_2m", [0, 1])])
+def test_step_index_and_ema_partner_follow_the_steps_per_layer(tiny, sampler, steps):
+    """A layer's later calls blend with its state from the previous step; a second call within a step blends with
+    the same partner as the step's first call."""
     checkpoint = tiny("sdxl")
     events = []
     ksample(regulated(checkpoint, events.append, edit_steps=5, iterations=2), checkpoint, sampler=sampler)
@@ -191,8 +202,10 @@ def test_step_index_and_ema_partner_follow_the_schedule_per_layer(tiny, sampler,
     for layer in layers:
         calls = [event for event in events if event.layer == layer]
         assert [event.step for event in calls] == steps
-        for later in calls[1:]:
-            assert torch.equal(later.diagnostics.ema_partner, calls[0].state)
+        for index, call in enumerate(calls[1:], start=1):
+            earlier = calls[index - 1]
+            expected = earlier.diagnostics.ema_partner if earlier.step == call.step else earlier.state
+            assert torch.equal(call.diagnostics.ema_partner, expected)
 
 
 def test_batch_images_each_get_their_own_bias(tiny):
@@ -209,10 +222,10 @@ def test_composes_with_the_recorder(tiny):
     checkpoint = tiny("sdxl")
     reference = sample_custom(regulated(checkpoint, edit_steps=1, iterations=5), checkpoint.clip,
                               comfy.samplers.sampler_object("euler"), width=SIZE, height=SIZE)
-    for model in (bridge.with_recorder(regulated(checkpoint, edit_steps=1, iterations=5)),
-                  regulated(checkpoint, model=bridge.with_recorder(checkpoint.model), edit_steps=1, iterations=5)):
+    for model in (with_recorder(regulated(checkpoint, edit_steps=1, iterations=5)),
+                  regulated(checkpoint, model=with_recorder(checkpoint.model), edit_steps=1, iterations=5)):
         record = []
-        out = sample_custom(model, checkpoint.clip, bridge.recording_sampler("euler", record), width=SIZE, height=SIZE)
+        out = sample_custom(model, checkpoint.clip, recording_sampler("euler", record), width=SIZE, height=SIZE)
         assert [step.maps.shape for step in record] == [(1, 16, 16, 77)] * 2
         torch.testing.assert_close(out, reference, rtol=0, atol=1e-5 * reference.abs().max().item())
 
@@ -220,28 +233,28 @@ def test_composes_with_the_recorder(tiny):
 def test_a_recorder_records_the_edited_attention_once(tiny):
     """Around a regulated layer, a recorder records the attention the layer used (the edited one), once, also when
     another recorder sits inside the regulation."""
-    spec = bridge.RegulationSpec.from_tokens(subject_tokens(tiny("sdxl")),
+    spec = regulation_run.RegulationSpec.from_tokens(subject_tokens(tiny("sdxl")),
                                              regulation.RegulationConfig(edit_steps=1, iterations=3))
     heads, width = 2, 16
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, tokens, heads * 8, generator=generator) for tokens in (width * width, 77, 77))
 
     def record(patch):
-        store = ag("guidance.store").AttentionStore(77)
+        store = ag("guidance.capture.store").AttentionStore(77)
         options = {"cond_or_uncond": [1, 0], "original_shape": [2, 4, 4 * width, 4 * width], "n_heads": heads,
                    "sigmas": torch.tensor([5.0, 5.0]), "block": ("input", 7), "block_index": 0,
-                   bridge.STORE_KEY: store, bridge.REGULATION_RUN_KEY: bridge.RegulationRun(seed=0)}
-        with bridge.recording(store):
+                   recorder.STORE_KEY: store, bridge_regulation.REGULATION_RUN_KEY: regulation_run.RegulationRun(0, lambda sigma: 0)}
+        with recorder.recording(store):
             out = patch(q, k, v, options)
         return out, store.aggregate(4)
 
     events = []
-    edited_out, edited_maps = record(bridge.RecorderPatch(4, bridge.RegulationPatch(4, spec, events.append)))
+    edited_out, edited_maps = record(recorder.RecorderPatch(4, bridge.RegulationPatch(4, spec, events.append)))
     [event] = events
     torch.testing.assert_close(edited_maps, event.after.mean(dim=1).reshape(1, width, width, 77), rtol=0, atol=1e-7)
     assert (event.after - event.before).abs().max() > 1e-2  # the edit is visible in what is recorded
-    nested_out, nested_maps = record(bridge.RecorderPatch(4, bridge.RegulationPatch(4, spec, None,
-                                                                                     bridge.RecorderPatch(4))))
+    nested_out, nested_maps = record(recorder.RecorderPatch(4, bridge.RegulationPatch(4, spec, None,
+                                                                                     recorder.RecorderPatch(4))))
     torch.testing.assert_close(nested_maps, edited_maps, rtol=0, atol=1e-7)
     torch.testing.assert_close(nested_out, edited_out, rtol=1e-5, atol=1e-6)  # (P_edited − P) V added to P V
 
@@ -299,28 +312,30 @@ def test_only_conditional_rows_are_edited_each_branch_with_its_own_memory():
     """A CFG call with two positive conds (``[uncond, cond, cond]``) at 16x16, then a call after the stop step."""
     config = regulation.RegulationConfig(edit_steps=1, iterations=2)
     events = []
-    patch = bridge.RegulationPatch(4, bridge.RegulationSpec((2, 5), 6, 77, config), events.append)
+    patch = bridge.RegulationPatch(4, regulation_run.RegulationSpec((2, 5), 6, 77, config), events.append)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, length, 16, generator=generator) for length in (256, 77, 77))
-    run = bridge.RegulationRun(seed=0)
-    options = {bridge.REGULATION_RUN_KEY: run, "sigmas": torch.full((3,), 5.0), "cond_or_uncond": [1, 0, 0],
+    step = 0
+    run = regulation_run.RegulationRun(0, lambda sigma: step)
+    options = {bridge_regulation.REGULATION_RUN_KEY: run, "sigmas": torch.full((3,), 5.0), "cond_or_uncond": [1, 0, 0],
                "original_shape": [3, 4, 64, 64], "block": ("input", 7), "block_index": 0, "n_heads": 2}
     with torch.inference_mode():
-        out, plain = patch(q, k, v, options), bridge.host_attention(q, k, v, options)
+        out, plain = patch(q, k, v, options), compat.host_attention(q, k, v, options)
         torch.testing.assert_close(out[0], plain[0], rtol=0, atol=1e-6)
         assert (out[1:] - plain[1:]).abs().amax(dim=(1, 2)).min() > 1e-3
         assert [(event.branch, event.step, event.after.shape) for event in events] == [
             (0, 0, (1, 2, 256, 77)), (1, 0, (1, 2, 256, 77))]
         first, second = (run.partner((("input", 7, 0), branch, 16, 16), 1) for branch in (0, 1))
         assert first is not None and second is not None and not torch.equal(first, second)
-        later = {**options, "sigmas": torch.full((3,), 1.0)}  # step 1: past the stop step
-        assert torch.equal(patch(q, k, v, later), bridge.host_attention(q, k, v, later))
+        step = 1  # past the stop step
+        assert torch.equal(patch(q, k, v, options), plain)
         assert len(events) == 2
-        assert torch.equal(patch(q, k, v, {**options, bridge.REGULATION_RUN_KEY: None}), plain)  # no run: as is
+        step = 0
+        assert torch.equal(patch(q, k, v, {**options, bridge_regulation.REGULATION_RUN_KEY: None}), plain)  # no run: as is
 
 
 def test_run_memory_is_keyed_by_layer_and_step():
-    run = bridge.RegulationRun(seed=7)
+    run = regulation_run.RegulationRun(7, lambda sigma: 0)
     a, b = ("input", 7, 0), ("output", 0, 1)
     state_a0, state_b0, state_a1 = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
     assert run.partner(a, 0) is None
@@ -331,17 +346,18 @@ def test_run_memory_is_keyed_by_layer_and_step():
     assert run.partner(a, 1) is state_a0  # a second call at the same step blends with the same partner
     assert run.partner(a, 2) is state_a1
     draw = torch.rand(3, generator=run.generator(0, a, 0, 0))
-    assert torch.equal(draw, torch.rand(3, generator=bridge.RegulationRun(seed=7).generator(0, a, 0, 0)))
+    assert torch.equal(draw, torch.rand(3, generator=regulation_run.RegulationRun(7, lambda sigma: 0).generator(0, a, 0, 0)))
     assert not torch.equal(draw, torch.rand(3, generator=run.generator(0, b, 0, 0)))
 
 
-def test_run_step_rules():
-    schedule = torch.tensor([14.6, 5.0, 1.0, 0.0])
-    run = bridge.RegulationRun(seed=None)
-    steps = [run.step(torch.tensor([s]), schedule) for s in (14.6, 5.0, 3.0, 1.0)]
-    assert steps == [0, 1, 1, 2]  # 3.0 lies inside step 1
-    counted = bridge.RegulationRun(seed=None)
-    counted.remember(("input", 7, 0), 0, None, torch.zeros(1))
-    assert [counted.step(torch.tensor([s]), None) for s in (14.6, 5.0, 5.0, 1.0)] == [0, 1, 1, 2]
-    assert counted.step(torch.tensor([14.6]), None) == 0  # the noise level rose: a new run
-    assert counted.partner(("input", 7, 0), 1) is None
+def test_the_2024_hosts_runs_count_noise_levels_and_restart_when_it_rises():
+    runs = compat.NoiseLevelRuns()
+    first = runs.run_at(14.6)
+    first.remember(("input", 7, 0), 0, None, torch.zeros(1))
+    steps = []
+    for sigma in (14.6, 5.0, 5.0, 1.0):
+        run = runs.run_at(sigma)
+        steps.append(run.step_of(sigma))
+    assert steps == [0, 1, 1, 2] and run is first
+    again = runs.run_at(14.6)  # the noise level rose: a new run, with no memory of the last one
+    assert again is not first and again.step_of(14.6) == 0 and again.partner(("input", 7, 0), 1) is None

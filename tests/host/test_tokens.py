@@ -6,11 +6,11 @@ import safetensors.torch
 import torch
 
 import nodes
-from testkit.comfy_host import ag
-from testkit.tiny_models import tiny_clip
+from devkit.comfy_host import ag
+from devkit.tiny_models import tiny_clip
 
 bridge = ag("guidance.comfy_bridge")
-tokens_module = ag("guidance.tokens")
+tokens_module = ag("guidance.subjects.tokens")
 common = ag("nodes.common")
 
 FILLER = " ".join(["cat"] * 74)

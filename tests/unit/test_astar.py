@@ -1,11 +1,13 @@
-"""A-STAR losses against the literal transcription of Eqs. 2-4 (astar_loss.json; methods.md §4, §8.4)."""
+"""A-STAR losses against the literal transcription of Eqs. 2-4 (astar_loss.json; docs/methods.md, "A-STAR")."""
 import json
 
 import pytest
 import torch
 
 from attention_guidance.guidance.losses import astar as A
-from testkit import REFERENCE_DIR
+from attention_guidance.guidance.methods.astar import paper_schedule
+from attention_guidance.guidance.subjects.layout import LayoutGrid, masks_to_grid
+from devkit import REFERENCE_DIR
 
 ASTAR = json.loads((REFERENCE_DIR / "astar_loss.json").read_text())
 INPUTS = ASTAR["inputs"]
@@ -76,7 +78,7 @@ def test_gradient_wrt_current_logits():
 def test_defaults():
     config = A.AStarConfig()
     assert (config.preprocessing, config.binarisation, config.kernel_size, config.sigma) == ("ae", "half_max", 3, 0.5)
-    schedule = config.schedule()
+    schedule = paper_schedule()
     assert schedule.guided_steps(50) == 25 and schedule.refinement_thresholds(50) == {}
     assert schedule.step_size(0, 50) == pytest.approx(20.0)
 
@@ -142,7 +144,7 @@ def test_layout_replaces_the_target_of_given_concepts_only():
     user = torch.zeros(1, 2, 16, 16)
     user[0, 0, :8, :8] = 1
     user[0, 1] = 1  # ignored: concept 1 has no mask
-    result = A.astar_loss(CURRENT, CONCEPTS, previous, config, A.Layout(user, (True, False)))
+    result = A.astar_loss(CURRENT, CONCEPTS, previous, config, LayoutGrid(user, (True, False)))
     assert torch.equal(result.targets[0, 0], user[0, 0])
     assert torch.equal(result.targets[0, 1], A.binarize(previous, "half_max")[0, 1])
     concepts = A.concept_maps(CURRENT, CONCEPTS, config)
@@ -153,7 +155,7 @@ def test_layout_replaces_the_target_of_given_concepts_only():
 def test_layout_applies_from_the_first_step():
     user = torch.zeros(1, 2, 16, 16)
     user[0, 1, 8:, 8:] = 1
-    result = A.astar_loss(CURRENT, CONCEPTS, None, A.AStarConfig(), A.Layout(user, (False, True)))
+    result = A.astar_loss(CURRENT, CONCEPTS, None, A.AStarConfig(), LayoutGrid(user, (False, True)))
     concepts = A.concept_maps(CURRENT, CONCEPTS)
     expected_retention = A.retention_terms(concepts, user)[:, 1]
     assert result.retained.tolist() == [False, True]
@@ -165,9 +167,9 @@ def test_layout_of_one_image_is_shared_by_the_batch():
     maps = torch.cat([CURRENT, PREVIOUS])
     user = torch.zeros(1, 2, 16, 16)
     user[0, :, 4:12, 4:12] = 1
-    batched = A.astar_loss(maps, CONCEPTS, None, A.AStarConfig(), A.Layout(user, (True, True)))
+    batched = A.astar_loss(maps, CONCEPTS, None, A.AStarConfig(), LayoutGrid(user, (True, True)))
     for index in range(2):
-        alone = A.astar_loss(maps[index : index + 1], CONCEPTS, None, A.AStarConfig(), A.Layout(user, (True, True)))
+        alone = A.astar_loss(maps[index : index + 1], CONCEPTS, None, A.AStarConfig(), LayoutGrid(user, (True, True)))
         torch.testing.assert_close(batched.loss[index : index + 1], alone.loss)
 
 
@@ -190,14 +192,14 @@ def test_masks_to_grid_averages_areas():
     image[0, 0, 0] = 1  # 1/4 of cell (0, 0): dropped (nearest sampling would keep it)
     image[0, 0:2, 2] = image[0, 1, 3] = 1  # 3/4 of cell (0, 1): kept
     image[0, 2:4, 0] = 1  # exactly 1/2 of cell (1, 0): kept (>= 0.5)
-    assert A.masks_to_grid(image, (2, 2)).tolist() == [[[0, 1], [1, 0]]]
+    assert masks_to_grid(image, (2, 2)).tolist() == [[[0, 1], [1, 0]]]
 
 
 def test_masks_to_grid_any_size_and_aspect_ratio():
     image = torch.zeros(2, 600, 1000)
     image[0, :, :500] = 1  # left half
     image[1, 300:, :] = 0.8  # bottom half, soft values
-    grid = A.masks_to_grid(image, (9, 15))
+    grid = masks_to_grid(image, (9, 15))
     assert grid.shape == (2, 9, 15)
     # Cells straddling the boundary average to 0.5 (left half) or 0.4 (soft bottom half).
     assert grid[0].sum(dim=0).tolist() == [9.0] * 8 + [0.0] * 7
@@ -210,9 +212,9 @@ def test_masks_to_grid_any_size_and_aspect_ratio():
         (lambda: A.astar_loss(CURRENT, []), "at least one concept"),
         (lambda: A.AStarConfig(preprocessing="smooth"), "preprocessing"),
         (lambda: A.AStarConfig(binarisation="otsu"), "binarisation"),
-        (lambda: A.Layout(torch.zeros(1, 2, 16, 16), (True,)), "S = 1"),
+        (lambda: LayoutGrid(torch.zeros(1, 2, 16, 16), (True,)), "S = 1"),
         (lambda: A.astar_loss(CURRENT, CONCEPTS, torch.zeros(1, 2, 8, 8)), "previous maps"),
-        (lambda: A.astar_loss(CURRENT, CONCEPTS, None, A.AStarConfig(), A.Layout(SMALL, (True, True))), "grid"),
+        (lambda: A.astar_loss(CURRENT, CONCEPTS, None, A.AStarConfig(), LayoutGrid(SMALL, (True, True))), "grid"),
     ],
 )
 def test_bad_inputs_are_rejected(build, message: str):

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from attention_guidance.guidance.layout import SubjectLayout
+from attention_guidance.guidance.engine.spec import TermInputs
 from attention_guidance.guidance.losses import astar as A
-from attention_guidance.guidance.methods.astar import AStarTerm, astar
-from attention_guidance.guidance.spec import TermInputs
-from attention_guidance.guidance.tokens import Subject, SubjectTokens, Word
+from attention_guidance.guidance.methods.astar import AStarTerm, astar, paper_schedule
+from attention_guidance.guidance.subjects.layout import SubjectLayout, masks_to_grid
+from attention_guidance.guidance.subjects.tokens import Subject, SubjectTokens, Word
 
 SUBJECTS = ((2,), (5, 6))
 TOKENS = SubjectTokens("a cat and a sombrero", ("<|startoftext|>", "a</w>", "cat</w>", "and</w>", "a</w>", "som",
@@ -42,7 +42,7 @@ def test_layout_targets_follow_the_maps_grid_and_all_ones_is_no_layout():
     current, previous = attention(3), attention(4)
     result = AStarTerm(SUBJECTS, layout=layout).evaluate(TermInputs(current, 1, 10, previous))
     assert result.retained.tolist() == [True, True]
-    assert torch.equal(result.targets[:, 0], A.masks_to_grid(masks[:, 0], (6, 10)).expand(2, -1, -1))
+    assert torch.equal(result.targets[:, 0], masks_to_grid(masks[:, 0], (6, 10)).expand(2, -1, -1))
     assert torch.equal(result.targets[:, 1], A.binarize(A.concept_maps(previous, SUBJECTS), "half_max")[:, 1])
 
     anywhere = SubjectLayout(torch.ones(1, 2, 30, 50), TOKENS.labels)
@@ -58,10 +58,10 @@ def test_layout_of_the_wrong_batch_fails_at_evaluation():
 
 
 def test_spec_builder():
-    schedule = A.AStarConfig().schedule()
+    schedule = paper_schedule()
     spec = astar(TOKENS, schedule, weight=0.5)
     (term,) = spec.terms
-    assert term == AStarTerm(SUBJECTS, A.AStarConfig(), None, 0.5) and spec.schedule == schedule and spec.active
+    assert term == AStarTerm(SUBJECTS, A.AStarConfig(), None, 0.5) and spec.schedules == (schedule,) and spec.active
     assert not astar(TOKENS, schedule, weight=0.0).active
     with pytest.raises(ValueError, match=r"layout is for the subjects \(cat, dog\) but the tokens name \(cat, "
                                          r"sombrero\); build the layout from the same tokens"):

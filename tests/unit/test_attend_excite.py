@@ -1,4 +1,4 @@
-"""Attend-and-Excite loss against the authors' values (ae_loss.json, methods.md §2 and §8.2)."""
+"""Attend-and-Excite loss against the authors' values (ae_loss.json, docs/methods.md, "Attend-and-Excite")."""
 import dataclasses
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attention_guidance.guidance.losses import attend_excite as AE
-from testkit import REFERENCE_DIR
+from devkit import REFERENCE_DIR
 
 REF = json.loads((REFERENCE_DIR / "ae_loss.json").read_text())
 SUBJECTS = [[2], [5]]

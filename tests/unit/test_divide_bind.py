@@ -1,4 +1,5 @@
-"""Divide & Bind loss against the authors' values (dnb_loss.json, aggregation.json; methods.md §3, §8.3)."""
+"""Divide & Bind loss against the authors' values (dnb_loss.json, aggregation.json; docs/methods.md, "Divide &
+Bind")."""
 import json
 from dataclasses import replace
 
@@ -7,8 +8,8 @@ import torch
 
 from attention_guidance.guidance.losses import divide_bind as D
 from attention_guidance.guidance.losses import maps as M
-from attention_guidance.guidance.schedule import RefinementPoint
-from testkit import REFERENCE_DIR
+from attention_guidance.guidance.methods.divide_bind import paper_schedule
+from devkit import REFERENCE_DIR
 
 AE = json.loads((REFERENCE_DIR / "ae_loss.json").read_text())
 DNB = json.loads((REFERENCE_DIR / "dnb_loss.json").read_text())
@@ -180,13 +181,13 @@ def test_defaults_are_the_latest_pipeline():
     assert config.mode == official["loss_mode_default_latest"] == "tv"
     for mode in ("tv", "tv_bind", "max"):
         expected = {int(step): value for step, value in official["default_param"][mode]["thresholds"].items()}
-        assert replace(config, mode=mode).schedule().refinement_thresholds(STEPS) == expected
+        assert paper_schedule(mode).refinement_thresholds(STEPS) == expected
     assert official["default_param"]["max"]["threshold_indicator"] == "max_attn"
     assert official["default_param"]["tv_bind"]["threshold_indicator"] == "tv_loss"
     caps = official["latest_pipeline_refinement_caps"]
-    assert config.max_refinement_steps == config.schedule().max_refinement_steps == caps["max_refinement_steps"]
-    assert config.max_refinement_steps_first_step == caps["max_refinement_steps_init_step_(i==0)"] == 100
-    schedule = config.schedule()
+    schedule = paper_schedule(config.mode)
+    assert schedule.max_refinement_steps == caps["max_refinement_steps"]
+    assert caps["max_refinement_steps_init_step_(i==0)"] == 100
     assert [schedule.refinement_cap(i, STEPS) for i in (0, 10, 20)] == [100, 50, 50]
     assert schedule.scale_factor == official["scale_factor"] == 20
     assert schedule.guided_steps(STEPS) == official["max_iter_to_alter"] == 25
@@ -204,10 +205,7 @@ def test_binding_coefficient_schedule():
     assert [config.binding_coefficient(i, 20) for i in (0, 3, 4, 7, 8, 19)] == [1, 1, 5, 5, 10, 10]
 
 
-def test_refinement_criterion_and_explicit_points():
-    points = (RefinementPoint(0.0, 0.01), RefinementPoint(10.0, 0.1))
-    config = D.DivideBindConfig(refinement_points=points)
-    assert config.schedule().refinement_thresholds(STEPS) == {0: 0.01, 5: 0.1}
+def test_refinement_criterion():
     assert D.needs_refinement(torch.tensor([0.04, 0.06]), 0.05).tolist() == [True, False]
 
 

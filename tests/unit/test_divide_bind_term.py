@@ -2,11 +2,11 @@
 import pytest
 import torch
 
+from attention_guidance.guidance.engine.schedule import GuidanceSchedule
+from attention_guidance.guidance.engine.spec import LevelMaps, TermInputs
 from attention_guidance.guidance.losses.divide_bind import DivideBindConfig, aggregate_attribute_maps, divide_bind_loss
 from attention_guidance.guidance.methods.divide_bind import DivideBindTerm, divide_bind
-from attention_guidance.guidance.schedule import GuidanceSchedule
-from attention_guidance.guidance.spec import LevelMaps, TermInputs
-from attention_guidance.guidance.tokens import PromptTokens, SubjectTokenError, map_subjects
+from attention_guidance.guidance.subjects.tokens import PromptTokens, SubjectTokenError, map_subjects
 
 PROMPT = "a yellow bowl and a blue cat"
 PIECES = ("<|startoftext|>", "a</w>", "yellow</w>", "bowl</w>", "and</w>", "a</w>", "blue</w>", "cat</w>",

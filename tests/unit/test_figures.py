@@ -1,16 +1,17 @@
 """Attention figures: grid and per-step layouts, labels, overlays, and the record's .safetensors payload."""
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from attention_guidance.guidance import captions, figures, record
-from attention_guidance.guidance.figures import FigureOptions
+from attention_guidance.guidance.inspection import captions, figures
+from attention_guidance.guidance.inspection import history as record
+from attention_guidance.guidance.inspection.figures import FigureOptions
 
 
-def make_record(steps=4, batch=2, subjects=2, height=6, width=9) -> record.AttentionRecord:
+def make_record(steps=4, batch=2, subjects=2, height=6, width=9) -> record.AttentionHistory:
     maps = torch.rand(steps, batch, subjects, height, width, generator=torch.Generator().manual_seed(0))
-    return record.AttentionRecord(labels=("cat", "frog")[:subjects], steps=tuple(range(steps)),
+    return record.AttentionHistory(labels=("cat", "frog")[:subjects], steps=tuple(range(steps)),
                                   sigmas=tuple(float(14 - 3 * i) for i in range(steps)),
                                   guided=tuple(i < 2 for i in range(steps)), maps=maps)
 
@@ -49,7 +50,7 @@ def test_long_labels_are_cut_to_their_room():
 
 def test_one_image_per_step_layout():
     rec = make_record(steps=3, batch=2, subjects=2)
-    out = figures.attention_figures(rec, [0, 1, 2], FigureOptions(layout="one image per step", tile=64))
+    out = figures.attention_figures(rec, [0, 1, 2], FigureOptions(arrangement="one image per step", tile=64))
     assert out.shape[0] == 2 * 3
     single = figures.attention_figures(make_record(steps=3, batch=1), [1], FigureOptions("one image per step",
                                                                                      tile=64))
@@ -73,20 +74,20 @@ def test_figure_errors():
         figures.attention_figures(rec, [0], FigureOptions(), torch.zeros(3, 8, 8, 3))
     with pytest.raises(ValueError, match="no steps to show"):
         figures.attention_figures(rec, [], FigureOptions())
-    with pytest.raises(ValueError, match="unknown layout 'mosaic'"):
-        figures.attention_figures(rec, [0], FigureOptions(layout="mosaic"))
+    with pytest.raises(ValueError, match="unknown arrangement 'mosaic'"):
+        figures.attention_figures(rec, [0], FigureOptions(arrangement="mosaic"))
 
 
 def test_record_round_trips_through_safetensors(tmp_path):
     rec = make_record()
-    tensors, metadata = record.record_tensors(rec)
+    tensors, metadata = record.history_tensors(rec)
     save_file(tensors, tmp_path / "maps.safetensors", metadata)
     with safe_open(tmp_path / "maps.safetensors", "pt") as opened:
         stored = opened.metadata()
     assert stored["labels"] == '["cat", "frog"]' and stored["steps"] == "[0, 1, 2, 3]"
     assert stored["guided"] == "[true, true, false, false]"
-    loaded = record.record_from_tensors(load_file(tmp_path / "maps.safetensors"), stored)
+    loaded = record.history_from_tensors(load_file(tmp_path / "maps.safetensors"), stored)
     assert loaded.labels == rec.labels and loaded.steps == rec.steps and loaded.sigmas == rec.sigmas
     assert loaded.guided == rec.guided and torch.equal(loaded.maps, rec.maps)
-    with pytest.raises(ValueError, match="not an attention record"):
-        record.record_from_tensors(tensors, {})
+    with pytest.raises(ValueError, match="not an attention history"):
+        record.history_from_tensors(tensors, {})

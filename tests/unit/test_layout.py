@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from attention_guidance.guidance import layout as L
-from attention_guidance.guidance.losses.astar import masks_to_grid
+from attention_guidance.guidance.subjects import layout as L
+from attention_guidance.guidance.subjects.layout import masks_to_grid
 
 LABELS = ("cat", "frog")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attention_guidance.guidance.losses import maps as M
-from testkit import REFERENCE_DIR
+from devkit import REFERENCE_DIR
 
 AE = json.loads((REFERENCE_DIR / "ae_loss.json").read_text())
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attention_guidance.guidance import regulation as R
-from testkit import REFERENCE_DIR
+from devkit import REFERENCE_DIR
 
 AR = json.loads((REFERENCE_DIR / "attnreg.json").read_text())
 INPUTS = AR["inputs"]
@@ -183,7 +183,7 @@ def test_reference_edited_logits_and_probabilities(reference_run, step: int):
     expected = tensor(record["edited_logits_cond_half_after_fp16_cast"])
     torch.testing.assert_close(edited.reshape(HEADS, WIDTH * WIDTH, -1), expected, atol=1e-2, rtol=0)
     torch.testing.assert_close(output.probabilities[0], tensor(record["final_probs_cond_half"]), atol=2e-4, rtol=0)
-    # <sot>/<eot> are written back unedited, so rows sum to more than 1 (trap T19).
+    # <sot>/<eot> are written back unedited, so rows sum to more than 1 (docs/methods.md AR-SOT-EOT).
     assert torch.equal(output.probabilities[..., [0, EOS]], logits.softmax(-1)[..., [0, EOS]])
     assert output.probabilities.sum(-1).max() > 1.05
 

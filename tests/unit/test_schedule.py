@@ -1,12 +1,13 @@
-"""Guidance schedule: the authors' 50-step A&E schedule and its percent mapping at other lengths (methods.md §1.6)."""
+"""Guidance schedule: the authors' 50-step A&E schedule and its percent mapping at other lengths (docs/methods.md,
+"Guided window and refinement points")."""
 import dataclasses
 import json
 
 import pytest
 import torch
 
-from attention_guidance.guidance import schedule as S
-from testkit import REFERENCE_DIR
+from attention_guidance.guidance.engine import schedule as S
+from devkit import REFERENCE_DIR
 
 OFFICIAL = json.loads((REFERENCE_DIR / "ae_loss.json").read_text())["schedule_official_defaults"]
 

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from attention_guidance.guidance.store import AttentionStore
-from testkit import REFERENCE_DIR
+from attention_guidance.guidance.capture.store import AttentionStore
+from devkit import REFERENCE_DIR
 
 FIXTURE = json.loads((REFERENCE_DIR / "aggregation.json").read_text())
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from attention_guidance.guidance import viz
+from attention_guidance.guidance.inspection import viz
 
 
 def test_normalize_spans_zero_to_one_per_map():
@@ -81,18 +81,18 @@ def test_select_steps_rejects(which, every, listed, message):
         viz.select_steps(STEPS, which, every, listed)
 
 
-def test_normalize_record_scopes():
+def test_normalize_history_scopes():
     maps = torch.rand(3, 2, 2, 4, 5)  # [steps, B, S, h, w]
     maps[1, 0, 1] += 10  # one subject of image 0 is much stronger at step 1
-    per_map = viz.normalize_record(maps, "per map")
+    per_map = viz.normalize_history(maps, "per map")
     assert torch.allclose(per_map.amax(dim=(-2, -1)), torch.ones(3, 2, 2))
-    per_subject = viz.normalize_record(maps, "per subject")
+    per_subject = viz.normalize_history(maps, "per subject")
     assert torch.allclose(per_subject.amax(dim=(0, -2, -1)), torch.ones(2, 2))
     assert per_subject[[0, 2], 0, 1].max() < 0.2  # dim next to its strong step
-    whole = viz.normalize_record(maps, "global")
+    whole = viz.normalize_history(maps, "global")
     assert whole[:, 0, 0].max() < 0.2 and whole[:, 1].max() == 1.0  # image 1 has its own scale
     with pytest.raises(ValueError, match="unknown normalisation 'none'"):
-        viz.normalize_record(maps, "none")
+        viz.normalize_history(maps, "none")
 
 
 def test_tile_size_keeps_the_aspect_ratio():

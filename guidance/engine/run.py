@@ -1,0 +1,43 @@
+"""Latent guidance over one sampling run: which steps it guides and what it carries from one guided step to the
+next (the previous step's maps, the saved-tensor guard). Pure core: the bridge supplies the forward pass."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .spec import GuidanceSpec
+from .update import Forward, GuidanceObserver, SavedTensorGuard, StepContext, guide_latent
+
+
+class GuidanceRun:
+    """One sampling run's guidance: ``steps`` steps, a ``flow`` model or not (see
+    :func:`~.update.latent_step_scale`); created per run, never shared."""
+
+    def __init__(self, spec: GuidanceSpec, steps: int, flow: bool, observer: GuidanceObserver | None = None,
+                 check_interrupt: Callable[[], None] = lambda: None) -> None:
+        self.spec = spec
+        self.steps = steps
+        self.flow = flow
+        self.observer = observer or GuidanceObserver()
+        self.check_interrupt = check_interrupt
+        self.guard = SavedTensorGuard()
+        self.guided_steps = 0
+        self._previous: torch.Tensor | None = None  # the last guided step's step-start maps (A-STAR retention)
+
+    def guides(self, step: int) -> bool:
+        return self.spec.active and self.spec.guides(step, self.steps)
+
+    def guide(self, x: torch.Tensor, step: int, sigma: float, forward: Forward) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guided latent at loop index ``step`` and the latent/4 maps ``[B, h, w, T]`` the loss saw first."""
+        context = StepContext(step, self.steps, sigma, self._previous)
+        guided, first, _ = guide_latent(x, self.spec, forward, context, self.flow, self.guard, self.observer,
+                                        self.check_interrupt)
+        self.guided_steps += 1
+        self._previous = first.maps
+        return guided, first.maps
+
+    @property
+    def missed_every_step(self) -> bool:
+        """True when the schedule asked for guided steps and none ran (no model call matched a step start)."""
+        return self.guided_steps == 0 and any(self.guides(step) for step in range(self.steps))
