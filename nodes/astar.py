@@ -54,8 +54,6 @@ class AStar(GuidanceNode):
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, binarisation: str,
               preprocessing: str, weight: float, layout: SubjectLayout | None = None) -> tuple[GuidanceSpec]:
-        if not tokens.subjects:
-            raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, "", "", 0)
         config = AStarConfig(preprocessing=preprocessing, binarisation=binarisation)
         try:

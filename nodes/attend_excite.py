@@ -6,7 +6,7 @@ from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.losses.attend_excite import AttendExciteConfig
 from ..guidance.methods.attend_excite import attend_and_excite
 from ..guidance.subjects.tokens import SubjectTokens
-from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
+from .common import TOKENS_TYPE, GuidanceNode
 from .schedule_inputs import build_schedule, schedule_inputs
 
 
@@ -36,8 +36,6 @@ class AttendAndExcite(GuidanceNode):
               normalize_eot: bool) -> tuple[GuidanceSpec]:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, refinement_percents,
                                   refinement_thresholds, max_refinement_steps)
-        if not tokens.subjects:
-            raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
         config = AttendExciteConfig(smooth_attentions=smoothing, sigma=smoothing_sigma, normalize_eot=normalize_eot)
         return (attend_and_excite(tokens, schedule, config),)
 

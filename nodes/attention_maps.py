@@ -34,8 +34,6 @@ class RecordAttention(GuidanceNode):
         }}
 
     def build(self, tokens: SubjectTokens) -> tuple[GuidanceSpec]:
-        if not tokens.subjects:
-            raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
         return (GuidanceSpec(tokens, (), ()),)
 
 

@@ -13,8 +13,9 @@ import comfy.sample
 import comfy.samplers
 import torch
 
-from ..engine.steps import SIGMA_TOLERANCE
 from ..regulation.run import RegulationRun
+
+_SIGMA_TOLERANCE = 1e-4  # relative: noise levels closer than this count as one
 
 try:
     from comfy.patcher_extension import WrappersMP
@@ -89,10 +90,10 @@ class NoiseLevelRuns:
         return self  # clones of the regulated model share it, as they share the patch
 
     def run_at(self, sigma: float) -> RegulationRun:
-        if self._run is None or sigma > self._seen[-1] * (1 + SIGMA_TOLERANCE):
+        if self._run is None or sigma > self._seen[-1] * (1 + _SIGMA_TOLERANCE):
             self._seen = []
             self._run = RegulationRun(seed=None, step_of=self._step_of)
-        if not self._seen or sigma < self._seen[-1] * (1 - SIGMA_TOLERANCE):
+        if not self._seen or sigma < self._seen[-1] * (1 - _SIGMA_TOLERANCE):
             self._seen.append(sigma)
         return self._run
 

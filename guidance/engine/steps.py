@@ -1,17 +1,17 @@
 """Which sampling step a model call belongs to: one rule for latent guidance, recording and Attention Regulation.
 
-A step *starts* at the first model call at the step's own noise level ``sigmas[i]`` once the sampler has reported
-step ``i - 1`` done (its callback); every later call belongs to that step until the next one starts. So a sampler's
+A step *starts* at the first model call at exactly the step's own noise level ``sigmas[i]`` once the sampler has
+reported step ``i - 1`` done (its callback); every later call belongs to that step until the next one starts. The
+match is exact on purpose: samplers pass the schedule's value itself at a step start, while an evaluation inside a
+step can land within rounding of the next noise level (dpmpp_2s_ancestral's midpoint with eta 1 is mathematically
+``sigmas[i + 1]``). So a sampler's
 extra evaluations inside a step (dpm_2's midpoint, heunpp2's third evaluation) belong to the step they are taken in.
 Some samplers report a step before their corrector evaluates the model at the *next* step's noise level (heun): the
 clock is told how many such calls follow each report, and those do not start the next step.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-
-SIGMA_TOLERANCE = 1e-4  # relative: noise levels closer than this are one schedule point
 
 
 class StepClock:
@@ -42,7 +42,7 @@ class StepClock:
         candidate = self._reported
         if candidate <= self._started or candidate >= self.steps:
             return False
-        if not math.isclose(sigma, self.sigmas[candidate], rel_tol=SIGMA_TOLERANCE):
+        if sigma != self.sigmas[candidate]:
             return False
         if self._pending_correctors and candidate > 0:
             self._pending_correctors -= 1

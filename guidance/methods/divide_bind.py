@@ -78,11 +78,9 @@ def divide_bind(tokens: SubjectTokens, schedule: GuidanceSchedule, config: Divid
                 weight: float = 1.0) -> GuidanceSpec:
     """A Divide & Bind spec: subjects and their attributes from ``tokens`` (the ``subjects`` phrase syntax).
 
-    Raises :class:`SubjectTokenError` without subjects, or in ``tv_bind`` mode without any attribute to bind
-    (an attribute missing from the prompt is refused by :func:`~..tokens.map_subjects` already).
+    Raises :class:`SubjectTokenError` in ``tv_bind`` mode without any attribute to bind (an attribute missing from
+    the prompt is refused by :func:`~..subjects.tokens.map_subjects` already).
     """
-    if not tokens.subjects:
-        raise SubjectTokenError("Divide & Bind needs at least one subject; name them in the subjects input")
     attributes = tuple(tuple(positions for positions, owner in tokens.attribute_pairs if owner == index)
                        for index in range(len(tokens.subjects)))
     if config.mode == "tv_bind":

@@ -47,15 +47,6 @@ def test_recording_only_is_bit_identical_to_the_stock_ksampler_and_records(tiny,
     assert torch.isfinite(record.maps).all() and (record.maps > 0).all()
 
 
-def test_record_attention_needs_subjects(tiny):
-    checkpoint = tiny("sd1")
-    with torch.inference_mode():
-        tokens = NODES["AG_TokenPicker"]().pick(checkpoint.clip, "a cat", "")["result"][0]
-    empty = type(tokens)(tokens.prompt, tokens.pieces, (), tokens.auto_picked)
-    with pytest.raises(NodeInputError, match=r"Record Attention \(no guidance\): input 'tokens': no subjects"):
-        NODES["AG_RecordAttention"]().build(empty)
-
-
 def test_visualize_a_batch_of_wide_images_with_overlay_and_preview(tiny, tmp_path):
     checkpoint = tiny("sd1")
     latent, record = record_run(checkpoint, steps=3, batch=2, width=320, height=192)
