@@ -5,10 +5,12 @@ branches marked "2024 host" in this module and nowhere else.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_sampling
+import comfy.ops
 import comfy.sample
 import comfy.samplers
 import torch
@@ -105,3 +107,20 @@ def is_flow_model(base_model: Any) -> bool:
     """Whether the model samples as a flow (ComfyUI's CONST: FLUX, SD3, ...); the 2024 host has no flow models."""
     flow = getattr(comfy.model_sampling, "CONST", None)
     return flow is not None and isinstance(base_model.model_sampling, flow)
+
+
+@functools.cache
+def blocks_modify_saved_activations() -> bool:
+    """Whether the host's transformer block adds into activations autograd saved for backward (2024 host: ``x += n``),
+    so that a guidance pass must copy saved tensors. Found once by a backward through a tiny block of the host's own."""
+    with torch.inference_mode(False), torch.enable_grad():
+        block = comfy_attention.BasicTransformerBlock(8, 1, 8, context_dim=8, checkpoint=False,
+                                                      operations=comfy.ops.disable_weight_init)
+        x = torch.zeros(1, 4, 8, requires_grad=True)
+        try:
+            block(x + 1, context=torch.ones(1, 2, 8)).sum().backward()
+        except RuntimeError as error:
+            if "modified by an inplace operation" in str(error):
+                return True
+            raise
+    return False

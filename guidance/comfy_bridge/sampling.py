@@ -17,7 +17,7 @@ from ..engine.spec import GuidanceSpec, LevelMaps
 from ..engine.steps import StepClock
 from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
-from .compat import conditional_forward, is_flow_model, positive_conds
+from .compat import blocks_modify_saved_activations, conditional_forward, is_flow_model, positive_conds
 from .host_weights import make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
 from .sites import attention_sites, guidance_sites
@@ -71,7 +71,8 @@ class SamplingRun:
         if spec is None or not spec.active:
             return
         self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model), observer or _LoggingObserver(),
-                                    comfy.model_management.throw_exception_if_processing_interrupted)
+                                    comfy.model_management.throw_exception_if_processing_interrupted,
+                                    copy_saved_tensors=blocks_modify_saved_activations())
         self._base_model, self._positive = base_model, positive
         # The guidance pass records latent/4 and the extra levels the terms read; the sampling passes record
         # latent/4 only, for AG_ATTENTION.

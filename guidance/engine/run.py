@@ -12,16 +12,17 @@ from .update import Forward, GuidanceObserver, SavedTensorGuard, StepContext, gu
 
 class GuidanceRun:
     """One sampling run's guidance: ``steps`` steps, a ``flow`` model or not (see
-    :func:`~.update.latent_step_scale`); created per run, never shared."""
+    :func:`~.update.latent_step_scale`); created per run, never shared. ``copy_saved_tensors``: the model is known to
+    modify activations autograd saved (see :class:`~.update.SavedTensorGuard`)."""
 
     def __init__(self, spec: GuidanceSpec, steps: int, flow: bool, observer: GuidanceObserver | None = None,
-                 check_interrupt: Callable[[], None] = lambda: None) -> None:
+                 check_interrupt: Callable[[], None] = lambda: None, copy_saved_tensors: bool = False) -> None:
         self.spec = spec
         self.steps = steps
         self.flow = flow
         self.observer = observer or GuidanceObserver()
         self.check_interrupt = check_interrupt
-        self.guard = SavedTensorGuard()
+        self.guard = SavedTensorGuard(copy_saved_tensors)
         self.guided_steps = 0
         self._previous: torch.Tensor | None = None  # the last guided step's step-start maps (A-STAR retention)
 

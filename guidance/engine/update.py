@@ -76,8 +76,9 @@ class SavedTensorGuard:
     """Whether autograd's saved tensors are copied during guidance passes.
 
     Some model code adds into activations that autograd saved (the 2024 ComfyUI's ``x += n`` in its transformer
-    blocks), which makes a plain backward fail. The first such failure turns the guard on for the rest of the run;
-    models without in-place additions never pay for the copies.
+    blocks), which makes a plain backward fail. The bridge turns the guard on where it knows the host does this; for
+    anything else (another pack's patch) the first such failure turns it on for the rest of the run, at the cost of
+    one repeated pass. Models without in-place additions never pay for the copies.
     """
 
     def __init__(self, enabled: bool = False) -> None:

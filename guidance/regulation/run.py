@@ -30,6 +30,8 @@ class RegulationSpec:
     @classmethod
     def from_tokens(cls, tokens: SubjectTokens, config: RegulationConfig) -> RegulationSpec:
         targets = tuple(sorted({position for positions in tokens.subject_positions for position in positions}))
+        if not targets:
+            raise ValueError("the tokens name no subject; list the subjects in the text encoder's subjects input")
         eos_position = next((i for i, piece in enumerate(tokens.pieces) if piece == END_OF_TEXT), None)
         if config.mode == "reference" and eos_position is None:
             raise ValueError("reference mode restores the <|endoftext|> column, but this prompt has no such token")

@@ -9,6 +9,7 @@ from devkit.comfy_host import ag
 from devkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
 
 bridge = ag("guidance.comfy_bridge")
+compat = ag("guidance.comfy_bridge.compat")
 doors = ag("guidance.comfy_bridge.doors")
 schedule_module = ag("guidance.engine.schedule")
 attend_excite_method = ag("guidance.methods.attend_excite")
@@ -73,3 +74,7 @@ def test_guidance_passes_leave_the_weights_values_as_they_were(tiny):
     after = weights(checkpoint.model)
     assert all(torch.equal(after[name], before[name]) for name in before)
     assert not any(parameter.requires_grad for parameter in checkpoint.model.model.parameters())
+
+
+def test_the_saved_tensor_guard_is_on_exactly_on_the_host_whose_blocks_add_in_place():
+    assert compat.blocks_modify_saved_activations() is (not IS_CURRENT_HOST)  # the 2024 blocks do ``x += n``
