@@ -24,8 +24,22 @@ from .sites import attention_sites, guidance_sites
 
 logger = logging.getLogger("attention_guidance")
 
-# Samplers that choose their own sigmas: no step of the schedule can be matched, so guidance cannot run.
-_OWN_SCHEDULE_SAMPLERS = {"sample_dpm_fast", "sample_dpm_adaptive"}
+_OWN_SCHEDULE = "chooses its own steps, so guidance cannot follow its schedule"
+_PREDICTOR_CORRECTOR = ("corrects each step from the latent it had before the model call (a predictor-corrector "
+                        "method), so a guided update of the latent the model sees would not reach the next step")
+_RESCALED_COPY = ("passes the model a rescaled copy of its latent and corrects each step from its own, so a guided "
+                  "update would not reach the next step")
+# Samplers guidance cannot steer, by their sampler function's name on either host: (name in the node, why).
+_UNGUIDED_SAMPLERS = {
+    "sample_dpm_fast": ("dpm_fast", _OWN_SCHEDULE),
+    "dpm_fast_function": ("dpm_fast", _OWN_SCHEDULE),
+    "sample_dpm_adaptive": ("dpm_adaptive", _OWN_SCHEDULE),
+    "dpm_adaptive_function": ("dpm_adaptive", _OWN_SCHEDULE),
+    "sample_unipc": ("uni_pc", _RESCALED_COPY),
+    "sample_unipc_bh2": ("uni_pc_bh2", _RESCALED_COPY),
+    "sample_sa_solver": ("sa_solver", _PREDICTOR_CORRECTOR),
+    "sample_sa_solver_pece": ("sa_solver_pece", _PREDICTOR_CORRECTOR),
+}
 # Samplers whose corrector evaluates the model at the next step's noise level after reporting the step.
 _CORRECTOR_CALLS = {"sample_heun": 1, "sample_heunpp2": 1}
 
@@ -152,11 +166,9 @@ def guided_sampler_function(base_function: Callable, spec: GuidanceSpec | None, 
     guidance pass and step.
     """
     name = getattr(base_function, "__name__", "")
-    if spec is not None and spec.active and name in _OWN_SCHEDULE_SAMPLERS:
-        raise GuidanceUnavailableError(
-            f"the {name.removeprefix('sample_')} sampler chooses its own steps, so guidance cannot follow its "
-            f"schedule; pick another sampler (euler, dpmpp_2m, ...)"
-        )
+    if spec is not None and spec.active and name in _UNGUIDED_SAMPLERS:
+        sampler, reason = _UNGUIDED_SAMPLERS[name]
+        raise GuidanceUnavailableError(f"the {sampler} sampler {reason}; pick another sampler (euler, dpmpp_2m, ...)")
 
     @functools.wraps(base_function)  # keeps the sampler's name, which others read (step_clock)
     def sample(model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
