@@ -48,6 +48,12 @@ def positive_conds(denoiser: Any, extra_args: dict) -> list:
     return guider.conds["positive"] if hasattr(guider, "conds") else extra_args["cond"]
 
 
+def entry_uuid(entry: dict) -> Any:
+    """The id of a positive conditioning entry in batched model calls (``transformer_options["uuids"]``, one per
+    chunk), or None on the 2024 host, whose batched calls do not say which entry a chunk belongs to."""
+    return entry.get("uuid")
+
+
 def conditional_forward(base_model: Any, positive: list, x: torch.Tensor, timestep: torch.Tensor,
                         model_options: dict) -> None:
     """One model call on the positive conditioning alone (its output is not needed: the recorder reads it)."""

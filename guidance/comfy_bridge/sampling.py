@@ -17,7 +17,8 @@ from ..engine.spec import GuidanceSpec, LevelMaps
 from ..engine.steps import StepClock
 from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
-from .compat import conditional_forward, is_flow_model, positive_conds
+from .compat import conditional_forward, entry_uuid, is_flow_model, positive_conds
+from .conditioning import SubjectEntryError, entry_context, subject_entry
 from .host_weights import make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
 from .sites import attention_sites, guidance_sites
@@ -59,50 +60,58 @@ class _LoggingObserver(GuidanceObserver):
                      [round(v, 4) for v in report.losses[0].tolist()], report.refinement_steps)
 
 
-def _guidance_conds(denoiser: Any, extra_args: dict) -> list:
+def _guidance_entry(entry: dict) -> dict:
     # ControlNet models are loaded as inference tensors and cannot take part in a backward pass: the guidance
     # pass reads attention without them (the sampling passes still use them).
-    return [{key: value for key, value in cond.items() if key != "control"}
-            for cond in positive_conds(denoiser, extra_args)]
+    return {key: value for key, value in entry.items() if key != "control"}
 
 
 class SamplingRun:
     """One sampling run seen by the pack: its step clock, the recording of each step's maps (``history``, a list
-    the caller owns) and the latent guidance (``spec``). Created by the sampler function, never shared."""
+    the caller owns) and the latent guidance (``spec``). Created by the sampler function, never shared.
 
-    def __init__(self, denoiser: Any, clock: StepClock, extra_args: dict, spec: GuidanceSpec | None,
-                 history: list[StepMaps] | None, early_stop: bool, observer: GuidanceObserver | None) -> None:
+    Both read the positive conditioning's subject entry (:func:`~.conditioning.subject_entry`), one row per image of
+    ``latent`` ``[B, C, h, w]``: the guidance in a pass of its own, the recording in the sampling passes (or, where
+    the host cannot tell entries apart in a batched call, in a pass of its own too).
+    """
+
+    def __init__(self, denoiser: Any, clock: StepClock, latent: torch.Tensor, extra_args: dict,
+                 spec: GuidanceSpec | None, history: list[StepMaps] | None, early_stop: bool,
+                 observer: GuidanceObserver | None) -> None:
         self.clock = clock
         self.history = history
         base_model = denoiser.inner_model.inner_model
-        sites = guidance_sites(base_model)
-        positive = _guidance_conds(denoiser, extra_args)
-        token_count = positive[0]["model_conds"]["c_crossattn"].cond.shape[1]
+        positive = positive_conds(denoiser, extra_args)
+        entry = subject_entry(positive, None if spec is None else spec.tokens, latent)
+        token_count = entry_context(entry).shape[0]
         model_options = extra_args.get("model_options", {})
-        self.sampling_store = AttentionStore(token_count)
-        self.sampling_options = options_with_store(options_with_recorder(model_options, sites), self.sampling_store)
-        self.guidance: GuidanceRun | None = None
-        if spec is None or not spec.active:
-            return
-        self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model), observer or _LoggingObserver(),
-                                    comfy.model_management.throw_exception_if_processing_interrupted)
-        self._base_model, self._positive = base_model, positive
-        # The guidance pass records latent/4 and the extra levels the terms read; the sampling passes record
+        self._base_model, self._entry = base_model, _guidance_entry(entry)
+        # The subject pass records latent/4 and the extra levels the terms read; the sampling passes record
         # latent/4 only, for AG_ATTENTION.
         all_sites = attention_sites(base_model)
-        self._levels = [GUIDANCE_LEVEL] + [level for level in spec.levels
+        guiding = spec is not None and spec.active
+        self._levels = [GUIDANCE_LEVEL] + [level for level in (spec.levels if guiding else ())
                                            if level != GUIDANCE_LEVEL and sites_at_level(all_sites, level)]
-        guided_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
-        layer_calls = sum(site.depth for site in guided_sites)
-        self._guidance_store = AttentionStore(token_count, guidance_pass=True, expected_rows=None)
-        self._expected_rows_per_image = layer_calls if early_stop else None
-        self._guidance_options = options_with_store(options_with_recorder(model_options, guided_sites),
-                                                    self._guidance_store)
+        pass_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
+        self._expected_rows_per_image = sum(site.depth for site in pass_sites) if early_stop else None
+        self._subject_store = AttentionStore(token_count, guidance_pass=True)
+        self._subject_options = options_with_store(options_with_recorder(model_options, pass_sites),
+                                                   self._subject_store)
+        self.sampling_store = AttentionStore(token_count)
+        entry_id = entry_uuid(entry) if len(positive) > 1 else None
+        self.records_in_own_pass = len(positive) > 1 and entry_id is None
+        self.sampling_options = options_with_store(options_with_recorder(model_options, guidance_sites(base_model)),
+                                                   self.sampling_store, entry_id)
+        self.guidance: GuidanceRun | None = None
+        if guiding:
+            self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model),
+                                        observer or _LoggingObserver(),
+                                        comfy.model_management.throw_exception_if_processing_interrupted)
 
     def guidance_forward(self, sigma: torch.Tensor) -> Forward:
-        """The guidance pass at noise level ``sigma`` (``[1]``): the positive prompt alone, stopped once every
+        """The subject pass at noise level ``sigma`` (``[1]``): the subject entry alone, stopped once every
         recorded layer has run."""
-        store = self._guidance_store
+        store = self._subject_store
 
         def forward(x: torch.Tensor) -> dict[int, LevelMaps]:
             make_autograd_ready(self._base_model.diffusion_model)
@@ -111,10 +120,14 @@ class SamplingRun:
                 store.expected_rows = x.shape[0] * self._expected_rows_per_image
             with recording(store):
                 try:
-                    conditional_forward(self._base_model, self._positive, x, sigma.expand(x.shape[0]),
-                                        self._guidance_options)
+                    conditional_forward(self._base_model, [self._entry], x, sigma.expand(x.shape[0]),
+                                        self._subject_options)
                 except ForwardComplete:
                     pass
+            if GUIDANCE_LEVEL not in store.levels():
+                raise SubjectEntryError(
+                    "the positive entry encoded from the subject prompt took no part in the model call at noise level "
+                    f"{float(sigma[0]):.4g} (a timestep range on it?); guide only steps where it is active")
             return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
 
         return forward
@@ -147,6 +160,10 @@ class _StepDenoiser:
             return self._inner(x, sigma, **kwargs)
         if run.history is None:
             return self._inner(x, sigma, **kwargs)
+        if run.records_in_own_pass:
+            maps = run.guidance_forward(sigma.flatten()[:1])(x)[GUIDANCE_LEVEL].maps.detach()
+            run.history.append(StepMaps(step, sigma_value, maps))
+            return self._inner(x, sigma, **kwargs)
         store = run.sampling_store
         store.clear()
         with recording(store):
@@ -177,7 +194,8 @@ def guided_sampler_function(base_function: Callable, spec: GuidanceSpec | None, 
             return base_function(model_k, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                  **options)
         extra_args = dict(extra_args or {})
-        run = SamplingRun(model_k, step_clock(sigmas, base_function), extra_args, spec, history, early_stop, observer)
+        run = SamplingRun(model_k, step_clock(sigmas, base_function), x, extra_args, spec, history, early_stop,
+                          observer)
         extra_args["model_options"] = run.sampling_options
         if history is not None:
             history.clear()
