@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
-
 import torch
 
 from ..capture.attention import attend, attention_probabilities
 from ..capture.sites import AttentionSite, map_size
 from ..capture.store import AttentionStore
-from .patches import ReportsAttention, conditional_chunks, layer_output, with_attn2_patches
+from .patches import ReportsAttention, entry_chunks, layer_output, with_attn2_patches
 
 STORE_KEY = "attention_guidance_store"
-ENTRY_KEY = "attention_guidance_entry"  # the uuid of the conditioning entry recorded, where several share a call
+ENTRIES_KEY = "attention_guidance_recorded_entries"  # uuids of the positive entries recorded (None: all)
 _RECORDED_OUTSIDE_KEY = "attention_guidance_recorded"  # set for the patches a recorder wraps: record each call once
 
 
@@ -38,7 +36,8 @@ class RecorderPatch:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         store: AttentionStore | None = extra_options.get(STORE_KEY)
         recording = store is not None and store.recording and not extra_options.get(_RECORDED_OUTSIDE_KEY)
-        rows = _recorded_rows(extra_options, q.shape[0]) if recording else []
+        chunks = entry_chunks(extra_options, q.shape[0], extra_options.get(ENTRIES_KEY)) if recording else []
+        rows = [row for _, chunk in chunks for row in chunk]
         if not rows:
             return layer_output(self.wrapped, q, k, v, extra_options)
         inner_options = {**extra_options, _RECORDED_OUTSIDE_KEY: True}
@@ -58,16 +57,6 @@ class RecorderPatch:
         return layer_output(self.wrapped, q, k, v, inner_options)
 
 
-def _recorded_rows(extra_options: dict, batch: int) -> list[int]:
-    """The rows of the positive chunks of a batched call; with an entry to record (``ENTRY_KEY``), of its chunks."""
-    chunks = conditional_chunks(extra_options["cond_or_uncond"], batch)
-    entry = extra_options.get(ENTRY_KEY)
-    if entry is not None:
-        uuids = extra_options.get("uuids") or []
-        chunks = [(index, rows) for index, rows in chunks if index < len(uuids) and uuids[index] == entry]
-    return [row for _, rows in chunks for row in rows]
-
-
 def options_with_recorder(model_options: dict, sites: list[AttentionSite]) -> dict:
     """Copy-on-write ``model_options`` with a :class:`RecorderPatch` on every transformer block of ``sites``."""
     for site in sites:
@@ -77,10 +66,10 @@ def options_with_recorder(model_options: dict, sites: list[AttentionSite]) -> di
     return model_options
 
 
-def options_with_store(model_options: dict, store: AttentionStore, entry: Any = None) -> dict:
+def options_with_store(model_options: dict, store: AttentionStore, entries: frozenset | None = None) -> dict:
     """Copy-on-write ``model_options`` whose ``transformer_options`` carry ``store`` (the caller's dicts are kept)
-    and, where several positive conditioning entries share a call, the uuid of the ``entry`` to record."""
-    transformer_options = {**model_options.get("transformer_options", {}), STORE_KEY: store, ENTRY_KEY: entry}
+    and the uuids of the positive conditioning ``entries`` to record (None: every positive entry)."""
+    transformer_options = {**model_options.get("transformer_options", {}), STORE_KEY: store, ENTRIES_KEY: entries}
     return {**model_options, "transformer_options": transformer_options}
 
 

@@ -101,7 +101,8 @@ class SamplingRun:
         entry_id = entry_uuid(entry) if len(positive) > 1 else None
         self.records_in_own_pass = len(positive) > 1 and entry_id is None
         self.sampling_options = options_with_store(options_with_recorder(model_options, guidance_sites(base_model)),
-                                                   self.sampling_store, entry_id)
+                                                   self.sampling_store,
+                                                   None if entry_id is None else frozenset({entry_id}))
         self.guidance: GuidanceRun | None = None
         if guiding:
             self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model),
