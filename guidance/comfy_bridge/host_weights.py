@@ -20,3 +20,14 @@ def make_autograd_ready(module: torch.nn.Module) -> None:
             for name, buffer in submodule._buffers.items():
                 if buffer is not None and buffer.is_inference():
                     submodule._buffers[name] = buffer.clone()
+
+
+def control_networks(entry: dict) -> list[torch.nn.Module]:
+    """The networks of a conditioning entry's control chain (ControlNet, T2I-Adapter, ControlLoRA: each control and
+    the ``previous_controlnet`` it chains to), which a guidance pass runs and differentiates through."""
+    networks: list[torch.nn.Module] = []
+    control = entry.get("control")
+    while control is not None:
+        networks.extend(value for value in vars(control).values() if isinstance(value, torch.nn.Module))
+        control = getattr(control, "previous_controlnet", None)
+    return networks

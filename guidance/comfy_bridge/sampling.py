@@ -19,7 +19,7 @@ from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
 from .compat import conditional_forward, entry_uuid, is_flow_model, positive_conds
 from .conditioning import SubjectEntryError, entry_context, subject_entry
-from .host_weights import make_autograd_ready
+from .host_weights import control_networks, make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
 from .sites import attention_sites, guidance_sites
 
@@ -60,12 +60,6 @@ class _LoggingObserver(GuidanceObserver):
                      [round(v, 4) for v in report.losses[0].tolist()], report.refinement_steps)
 
 
-def _guidance_entry(entry: dict) -> dict:
-    # ControlNet models are loaded as inference tensors and cannot take part in a backward pass: the guidance
-    # pass reads attention without them (the sampling passes still use them).
-    return {key: value for key, value in entry.items() if key != "control"}
-
-
 class SamplingRun:
     """One sampling run seen by the pack: its step clock, the recording of each step's maps (``history``, a list
     the caller owns) and the latent guidance (``spec``). Created by the sampler function, never shared.
@@ -85,7 +79,9 @@ class SamplingRun:
         entry = subject_entry(positive, None if spec is None else spec.tokens, latent)
         token_count = entry_context(entry).shape[0]
         model_options = extra_args.get("model_options", {})
-        self._base_model, self._entry = base_model, _guidance_entry(entry)
+        self._base_model, self._entry = base_model, entry
+        # the subject entry's ControlNets take part in the subject pass, as in the sampling passes
+        self._networks = [base_model.diffusion_model, *control_networks(entry)]
         # The subject pass records latent/4 and the extra levels the terms read; the sampling passes record
         # latent/4 only, for AG_ATTENTION.
         all_sites = attention_sites(base_model)
@@ -115,7 +111,8 @@ class SamplingRun:
         store = self._subject_store
 
         def forward(x: torch.Tensor) -> dict[int, LevelMaps]:
-            make_autograd_ready(self._base_model.diffusion_model)
+            for network in self._networks:
+                make_autograd_ready(network)
             store.clear()
             if self._expected_rows_per_image is not None:
                 store.expected_rows = x.shape[0] * self._expected_rows_per_image
