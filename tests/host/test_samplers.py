@@ -73,3 +73,21 @@ def test_the_stock_ksampler_with_a_guided_model_refuses_them_too(tiny, sampler):
     guided_model = bridge.with_guidance(checkpoint.model, attend_excite_method.attend_and_excite(tokens, STEP_ZERO_ONLY))
     with pytest.raises(bridge.GuidanceUnavailableError, match=f"the {sampler} sampler"):
         stock_ksampler(guided_model, ksampler_inputs(checkpoint, PROMPT, sampler, steps=2, size=64))
+
+
+def test_a_split_run_guides_each_pass_by_its_own_steps(tiny):
+    """A second pass (KSamplerAdvanced from step 2, a refiner stage, SplitSigmas) sees only its own noise levels:
+    A&E's 50 % guides the first of its two steps, as for a fresh 2-step run (README, "Split runs")."""
+    checkpoint = tiny("sd1")
+    tokens = tokens_module.map_subjects(PROMPT, bridge.prompt_tokens(checkpoint.clip, PROMPT), "cat, frog")
+    spec = attend_excite_method.attend_and_excite(tokens, schedule_module.GuidanceSchedule(max_refinement_steps=2))
+    schedule = sigmas(checkpoint.model, "normal", 4)
+    record = []
+    with torch.inference_mode():
+        positive, negative = encode(checkpoint.clip, PROMPT), encode(checkpoint.clip, "")
+        latent = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2)) * float(schedule[2])
+        comfy.sample.sample_custom(checkpoint.model, torch.zeros_like(latent), 7.0,
+                                   bridge.guided_sampler("euler", spec, record), schedule[2:], positive, negative,
+                                   latent, seed=2)
+    assert [(step.step, step.guided) for step in record] == [(0, True), (1, False)]
+    assert [step.sigma for step in record] == schedule[2:4].tolist()
