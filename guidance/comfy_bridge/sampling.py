@@ -19,7 +19,7 @@ from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
 from .compat import conditional_forward, entry_uuid, is_flow_model, positive_conds
 from .conditioning import SubjectEntryError, entry_context, subject_entry
-from .host_weights import control_networks, make_autograd_ready
+from .host_weights import entry_networks, make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
 from .sites import attention_sites, guidance_sites
 
@@ -80,8 +80,8 @@ class SamplingRun:
         token_count = entry_context(entry).shape[0]
         model_options = extra_args.get("model_options", {})
         self._base_model, self._entry = base_model, entry
-        # the subject entry's ControlNets take part in the subject pass, as in the sampling passes
-        self._networks = [base_model.diffusion_model, *control_networks(entry)]
+        # the subject entry's ControlNets and GLIGEN take part in the subject pass, as in the sampling passes
+        self._networks = [base_model.diffusion_model, *entry_networks(entry)]
         # The subject pass records latent/4 and the extra levels the terms read; the sampling passes record
         # latent/4 only, for AG_ATTENTION.
         all_sites = attention_sites(base_model)

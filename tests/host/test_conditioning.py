@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import nodes
+from devkit import tiny_models
 from devkit.comfy_host import ag
 from devkit.sampling import encode, guided_ksampler, ksampler_inputs, stock_ksampler
 
@@ -135,3 +136,20 @@ def test_a_concatenation_after_the_subject_prompt_is_guided_and_one_before_it_is
     assert torch.isfinite(out).all() and record.maps.shape == (4, 1, 2, 8, 8) and record.guided[0]
     with pytest.raises(common.NodeInputError, match="entry 1: it encodes another prompt .from token position 2 on"):
         guided_ksampler(checkpoint.model, with_positive(checkpoint, before), ae(tokens))
+
+
+def test_gligen_boxes_on_the_subject_prompt_take_part_in_the_guidance_pass(tiny):
+    """GLIGENTextBoxApply on the subject prompt: the guidance pass runs (and differentiates through) the GLIGEN
+    fusers as the sampling passes do, so its step-0 maps are those Record Attention records with them."""
+    checkpoint = tiny("sd1")
+    cat, tokens = subject_prompt(checkpoint)
+    with torch.inference_mode():
+        boxed = nodes.GLIGENTextBoxApply().append(cat, checkpoint.clip, tiny_models.tiny_gligen(checkpoint.model),
+                                                  "a frog", 128, 128, 128, 64)[0]
+    inputs = with_positive(checkpoint, boxed)
+    _, recorded = guided_ksampler(checkpoint.model, inputs, record_only(tokens))
+    out, guided = guided_ksampler(checkpoint.model, inputs, ae(tokens))
+    _, plain = guided_ksampler(checkpoint.model, with_positive(checkpoint, cat), record_only(tokens))
+    assert guided.guided[:2] == (True, True) and torch.isfinite(out).all()
+    torch.testing.assert_close(guided.maps[0], recorded.maps[0], rtol=0, atol=1e-5)
+    assert (recorded.maps[0] - plain.maps[0]).abs().max() > 1e-3  # the boxes change the attention
