@@ -122,13 +122,18 @@ class SamplingRun:
                                         self._subject_options)
                 except ForwardComplete:
                     pass
-            if GUIDANCE_LEVEL not in store.levels():
-                raise SubjectEntryError(
-                    "the positive entry encoded from the subject prompt took no part in the model call at noise level "
-                    f"{float(sigma[0]):.4g} (a timestep range on it?); guide only steps where it is active")
+            require_maps(store, float(sigma[0]))
             return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
 
         return forward
+
+
+def require_maps(store: AttentionStore, sigma: float) -> None:
+    """Raise :class:`SubjectEntryError` when a model call recorded no latent/4 map: the subject entry did not run."""
+    if GUIDANCE_LEVEL not in store.levels():
+        raise SubjectEntryError(
+            f"the positive entry encoded from the subject prompt took no part in the model call at noise level "
+            f"{sigma:.4g} (a timestep range on it?); its attention can be read only on steps where it is active")
 
 
 class _StepDenoiser:
@@ -166,6 +171,7 @@ class _StepDenoiser:
         store.clear()
         with recording(store):
             out = self._inner(x, sigma, **kwargs)
+        require_maps(store, sigma_value)
         run.history.append(StepMaps(step, sigma_value, store.aggregate(GUIDANCE_LEVEL).detach()))
         store.clear()
         return out

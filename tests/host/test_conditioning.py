@@ -153,3 +153,14 @@ def test_gligen_boxes_on_the_subject_prompt_take_part_in_the_guidance_pass(tiny)
     assert guided.guided[:2] == (True, True) and torch.isfinite(out).all()
     torch.testing.assert_close(guided.maps[0], recorded.maps[0], rtol=0, atol=1e-5)
     assert (recorded.maps[0] - plain.maps[0]).abs().max() > 1e-3  # the boxes change the attention
+
+
+def test_a_subject_prompt_outside_its_timestep_range_is_reported_on_the_positive_input(tiny):
+    checkpoint = tiny("sd1")
+    cat, tokens = subject_prompt(checkpoint)
+    other, _ = subject_prompt(checkpoint, OTHER, "hills")
+    with torch.inference_mode():
+        late_cat = nodes.ConditioningSetTimestepRange().set_range(cat, 0.5, 1.0)[0]
+    for spec in (ae(tokens), record_only(tokens)):
+        with pytest.raises(common.NodeInputError, match="input 'positive': .*took no part in the model call"):
+            guided_ksampler(checkpoint.model, with_positive(checkpoint, combined(late_cat, other)), spec)
