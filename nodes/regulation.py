@@ -31,43 +31,86 @@ class AttentionRegulation:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
-                "tokens": (TOKENS_TYPE, {
-                    "tooltip": "The subject tokens of the positive prompt (from CLIP Text Encode (with subjects)). "
-                               "All tokens of all subjects are regulated.",
-                }),
-                "edit_steps": ("INT", {
-                    "default": PAPER.edit_steps, "min": 0, "max": 10000,
-                    "tooltip": "How many of the first sampling steps are edited. 0 turns regulation off (the model "
-                               f"samples exactly as without this node). Paper: {PAPER.edit_steps} of 50 steps.",
-                }),
-                "iterations": ("INT", {
-                    "default": PAPER.iterations, "min": 1, "max": 200,
-                    "tooltip": "Gradient-descent iterations per edited layer and step; fewer is faster and weaker. "
-                               f"Paper: {PAPER.iterations}.",
-                }),
-                "mode": (list(MODES), {
-                    "default": PAPER.mode,
-                    "tooltip": "default: edited attention rows sum to 1 and every image of a batch gets its own "
-                               "bias. reference: exactly as the authors coded it (start and end token attention "
-                               "restored after the edit, fp16 rounding, one best iterate per batch).",
-                }),
-            }
-        }
+        return {"required": {**_model_and_tokens(), "edit_percent": ("FLOAT", {
+            "default": PAPER.edit_percent, "min": 0.0, "max": 100.0, "step": 1.0,
+            "tooltip": "Edit the first this many percent of the sampling steps, as the other methods' guided "
+                       "percentages (50 at 20 steps: the first 10). 0 turns regulation off (the model samples exactly "
+                       f"as without this node). Paper: 25 of 50 steps, {PAPER.edit_percent:g} %.",
+        }), **_settings()}}
+
+    def apply(self, model: Any, tokens: SubjectTokens, edit_percent: float, iterations: int, mode: str
+              ) -> tuple[Any]:
+        return (_regulated(self.DISPLAY_NAME, model, tokens,
+                           RegulationConfig(mode=mode, iterations=iterations, edit_percent=edit_percent)),)
+
+
+class AttentionRegulationSteps:
+    """The node's first version, whose edit window is a step count: workflows saved with it load and sample as
+    they did."""
+
+    DISPLAY_NAME = "Attention Regulation (step count, deprecated)"
+    DESCRIPTION = ("Attention Regulation with the edit window as a number of steps, as workflows saved before the "
+                   "percentage keep it. Use Attention Regulation for new graphs: its edit_percent means the same at "
+                   "any step count.")
+    DEPRECATED = True
+    CATEGORY = CATEGORY
+    RETURN_TYPES = AttentionRegulation.RETURN_TYPES
+    RETURN_NAMES = AttentionRegulation.RETURN_NAMES
+    OUTPUT_TOOLTIPS = AttentionRegulation.OUTPUT_TOOLTIPS
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {**_model_and_tokens(), "edit_steps": ("INT", {
+            "default": 25, "min": 0, "max": 10000,
+            "tooltip": "How many of the first sampling steps are edited, at any step count (Attention Regulation's "
+                       "edit_percent scales with the steps instead). 0 turns regulation off.",
+        }), **_settings()}}
 
     def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str) -> tuple[Any]:
-        config = RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps)
-        try:
-            spec = RegulationSpec.from_tokens(tokens, config)
-        except ValueError as error:
-            raise NodeInputError(self.DISPLAY_NAME, "tokens", str(error)) from error
-        try:
-            return (with_regulation(model, spec),)
-        except UnsupportedModelError as error:
-            raise NodeInputError(self.DISPLAY_NAME, "model", str(error)) from error
+        return (_regulated(self.DISPLAY_NAME, model, tokens,
+                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps)),)
 
 
-NODE_CLASS_MAPPINGS = {"AG_AttentionRegulation": AttentionRegulation}
+def _model_and_tokens() -> dict:
+    return {
+        "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
+        "tokens": (TOKENS_TYPE, {
+            "tooltip": "The subject tokens of the positive prompt (from CLIP Text Encode (with subjects)). "
+                       "All tokens of all subjects are regulated.",
+        }),
+    }
+
+
+def _settings() -> dict:
+    return {
+        "iterations": ("INT", {
+            "default": PAPER.iterations, "min": 1, "max": 200,
+            "tooltip": "Gradient-descent iterations per edited layer and step; fewer is faster and weaker. "
+                       f"Paper: {PAPER.iterations}.",
+        }),
+        "mode": (list(MODES), {
+            "default": PAPER.mode,
+            "tooltip": "default: edited attention rows sum to 1 and every image of a batch gets its own "
+                       "bias. reference: exactly as the authors coded it (start and end token attention "
+                       "restored after the edit, fp16 rounding, one best iterate per batch).",
+        }),
+    }
+
+
+def _regulated(node: str, model: Any, tokens: SubjectTokens, config: RegulationConfig) -> Any:
+    try:
+        spec = RegulationSpec.from_tokens(tokens, config)
+    except ValueError as error:
+        raise NodeInputError(node, "tokens", str(error)) from error
+    try:
+        return with_regulation(model, spec)
+    except UnsupportedModelError as error:
+        raise NodeInputError(node, "model", str(error)) from error
+
+
+NODE_CLASS_MAPPINGS = {
+    "AG_AttentionRegulationV2": AttentionRegulation,
+    "AG_AttentionRegulation": AttentionRegulationSteps,  # the first version's id, which saved workflows name
+}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.DISPLAY_NAME for node_id, cls in NODE_CLASS_MAPPINGS.items()}

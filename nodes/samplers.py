@@ -7,7 +7,14 @@ import comfy.samplers
 
 import nodes as comfy_nodes
 
-from ..guidance.comfy_bridge import GuidanceUnavailableError, guided_ksample, guided_sampler, with_guidance
+from ..guidance.comfy_bridge import (
+    GuidanceUnavailableError,
+    PromptMismatchError,
+    SubjectEntryError,
+    guided_ksample,
+    guided_sampler,
+    with_guidance,
+)
 from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.inspection.history import subject_history
 from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, NodeInputError
@@ -39,6 +46,10 @@ class GuidedKSampler:
                                                 latent_image, denoise, guidance)
         except GuidanceUnavailableError as error:
             raise NodeInputError(self.DISPLAY_NAME, "sampler_name", str(error)) from error
+        except PromptMismatchError as error:
+            raise NodeInputError(self.DISPLAY_NAME, "guidance", str(error)) from error
+        except SubjectEntryError as error:
+            raise NodeInputError(self.DISPLAY_NAME, "positive", str(error)) from error
         tokens = guidance.tokens
         return latent, subject_history(steps_maps, tokens.labels, tokens.subject_positions)
 

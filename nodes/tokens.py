@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import nodes as comfy_nodes
@@ -20,13 +21,15 @@ SUBJECTS_TOOLTIP = (
 TEXT_TOOLTIP = "The prompt, exactly as for CLIP Text Encode (weights like (red apple:1.2) and embeddings work)."
 
 
-def _subject_tokens(node: str, clip: Any, text: str, subjects: str) -> SubjectTokens:
+def _subject_tokens(node: str, clip: Any, text: str, subjects: str, conditioning: list) -> SubjectTokens:
+    """The subjects' tokens, carrying the prompt's encoding (``conditioning``, CLIP Text Encode's output for
+    ``text``) so that the samplers can tell whether they sample that prompt."""
     try:
         tokens = map_subjects(text, prompt_tokens(clip, text), subjects)
     except SubjectTokenError as error:
         raise NodeInputError(node, "subjects", str(error)) from error
     logger.info("%s: %s", node, tokens.describe())
-    return tokens
+    return replace(tokens, encoding=conditioning[0][0][0])
 
 
 def _inputs() -> dict:
@@ -55,8 +58,8 @@ class TextEncodeWithTokens:
         return _inputs()
 
     def encode(self, clip: Any, text: str, subjects: str) -> dict:
-        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects)
         conditioning = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects, conditioning)
         return {"ui": {"text": [tokens.describe()]}, "result": (conditioning, tokens)}
 
 
@@ -75,7 +78,8 @@ class TokenPicker:
         return _inputs()
 
     def pick(self, clip: Any, text: str, subjects: str) -> dict:
-        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects)
+        conditioning = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects, conditioning)
         return {"ui": {"text": [tokens.describe()]}, "result": (tokens,)}
 
 

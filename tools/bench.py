@@ -276,7 +276,8 @@ def run_case(case: Case) -> dict:
     else:
         sampled = model
         if case.kind == "regulated":
-            sampled = node["AG_AttentionRegulation"]().apply(model, tokens, case.edit_steps, AR_ITERATIONS, AR_MODE)[0]
+            edit_percent = 100.0 * case.edit_steps / case.steps
+            sampled = node["AG_AttentionRegulationV2"]().apply(model, tokens, edit_percent, AR_ITERATIONS, AR_MODE)[0]
 
         def sample(steps: int, warmup: bool = False) -> None:
             nodes.KSampler().sample(sampled, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent, 1.0)

@@ -15,6 +15,7 @@ import comfy.sample
 import comfy.samplers
 import torch
 
+from ..regulation.config import RegulationConfig
 from ..regulation.run import RegulationRun
 
 _SIGMA_TOLERANCE = 1e-4  # relative: noise levels closer than this count as one
@@ -50,6 +51,12 @@ def positive_conds(denoiser: Any, extra_args: dict) -> list:
     return guider.conds["positive"] if hasattr(guider, "conds") else extra_args["cond"]
 
 
+def entry_uuid(entry: dict) -> Any:
+    """The id of a positive conditioning entry in batched model calls (``transformer_options["uuids"]``, one per
+    chunk), or None on the 2024 host, whose batched calls do not say which entry a chunk belongs to."""
+    return entry.get("uuid")
+
+
 def conditional_forward(base_model: Any, positive: list, x: torch.Tensor, timestep: torch.Tensor,
                         model_options: dict) -> None:
     """One model call on the positive conditioning alone (its output is not needed: the recorder reads it)."""
@@ -82,11 +89,19 @@ class NoiseLevelRuns:
     evaluate the model at schedule points only (euler, euler_ancestral, heun, dpmpp_2m, lms, ddim, uni_pc, lcm);
     samplers with midpoint evaluations (dpm_2, dpmpp_2s_ancestral, dpmpp_sde) count each midpoint as a step, and a
     second pass that resumes below the first pass's last noise level (KSamplerAdvanced) continues its count.
+
+    Nor does that host show a model the run's step count, so an edit window in percent (``config.edit_percent``) is
+    placed by noise level: the calls above the level the model's noise schedule reaches at that percentage
+    (``percent_to_sigma``, the rule of ConditioningSetTimestepRange): for the normal scheduler that is the window in
+    steps give or take one step; other schedulers spread their noise levels otherwise. A fixed step count
+    (``config.edit_steps``) counts steps as above.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any, config: RegulationConfig) -> None:
         self._run: RegulationRun | None = None
         self._seen: list[float] = []
+        self._edit_steps = config.edit_steps
+        self._edit_above = model.model.model_sampling.percent_to_sigma(config.edit_percent / 100.0)
 
     def __deepcopy__(self, memo: dict) -> NoiseLevelRuns:
         return self  # clones of the regulated model share it, as they share the patch
@@ -94,13 +109,18 @@ class NoiseLevelRuns:
     def run_at(self, sigma: float) -> RegulationRun:
         if self._run is None or sigma > self._seen[-1] * (1 + _SIGMA_TOLERANCE):
             self._seen = []
-            self._run = RegulationRun(seed=None, step_of=self._step_of)
+            self._run = RegulationRun(seed=None, step_of=self._step_of, edits=self._edits)
         if not self._seen or sigma < self._seen[-1] * (1 - _SIGMA_TOLERANCE):
             self._seen.append(sigma)
         return self._run
 
     def _step_of(self, sigma: float) -> int:
         return len(self._seen) - 1
+
+    def _edits(self, sigma: float) -> bool:
+        if self._edit_steps is not None:
+            return self._step_of(sigma) < self._edit_steps
+        return sigma > self._edit_above * (1 + _SIGMA_TOLERANCE)
 
 
 def is_flow_model(base_model: Any) -> bool:

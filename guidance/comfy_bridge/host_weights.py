@@ -20,3 +20,17 @@ def make_autograd_ready(module: torch.nn.Module) -> None:
             for name, buffer in submodule._buffers.items():
                 if buffer is not None and buffer.is_inference():
                     submodule._buffers[name] = buffer.clone()
+
+
+def entry_networks(entry: dict) -> list[torch.nn.Module]:
+    """The networks a conditioning entry brings into a model call, which a guidance pass runs and differentiates
+    through: its control chain (ControlNet, T2I-Adapter, ControlLoRA: each control and the ``previous_controlnet`` it
+    chains to) and its GLIGEN model."""
+    networks: list[torch.nn.Module] = []
+    control = entry.get("control")
+    while control is not None:
+        networks.extend(value for value in vars(control).values() if isinstance(value, torch.nn.Module))
+        control = getattr(control, "previous_controlnet", None)
+    if "gligen" in entry:
+        networks.append(entry["gligen"][1].model)  # (kind, its ModelPatcher, boxes)
+    return networks

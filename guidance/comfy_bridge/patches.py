@@ -6,7 +6,7 @@ one wrapped), so installing twice equals installing once.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -61,3 +61,13 @@ def conditional_chunks(cond_or_uncond: list[int], batch: int) -> list[tuple[int,
     size = batch // len(cond_or_uncond)
     return [(index, list(range(index * size, (index + 1) * size)))
             for index, kind in enumerate(cond_or_uncond) if kind == 0]
+
+
+def entry_chunks(extra_options: dict, batch: int, entries: Collection | None) -> list[tuple[int, list[int]]]:
+    """The positive chunks of a batched call (:func:`conditional_chunks`) that belong to ``entries``, uuids of positive
+    conditioning entries as the call's ``uuids`` name them; ``None``: every positive chunk."""
+    chunks = conditional_chunks(extra_options["cond_or_uncond"], batch)
+    if entries is None:
+        return chunks
+    uuids = extra_options.get("uuids") or []
+    return [(index, rows) for index, rows in chunks if index < len(uuids) and uuids[index] in entries]

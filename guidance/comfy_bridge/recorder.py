@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
 import torch
 
 from ..capture.attention import attend, attention_probabilities
 from ..capture.sites import AttentionSite, map_size
 from ..capture.store import AttentionStore
-from .patches import ReportsAttention, conditional_chunks, layer_output, with_attn2_patches
+from .patches import ReportsAttention, entry_chunks, layer_output, with_attn2_patches
 
 STORE_KEY = "attention_guidance_store"
+ENTRIES_KEY = "attention_guidance_recorded_entries"  # uuids of the positive entries recorded (None: all)
 _RECORDED_OUTSIDE_KEY = "attention_guidance_recorded"  # set for the patches a recorder wraps: record each call once
 
 
@@ -36,8 +36,8 @@ class RecorderPatch:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         store: AttentionStore | None = extra_options.get(STORE_KEY)
         recording = store is not None and store.recording and not extra_options.get(_RECORDED_OUTSIDE_KEY)
-        rows = ([row for _, chunk in conditional_chunks(extra_options["cond_or_uncond"], q.shape[0]) for row in chunk]
-                if recording else [])
+        chunks = entry_chunks(extra_options, q.shape[0], extra_options.get(ENTRIES_KEY)) if recording else []
+        rows = [row for _, chunk in chunks for row in chunk]
         if not rows:
             return layer_output(self.wrapped, q, k, v, extra_options)
         inner_options = {**extra_options, _RECORDED_OUTSIDE_KEY: True}
@@ -66,9 +66,10 @@ def options_with_recorder(model_options: dict, sites: list[AttentionSite]) -> di
     return model_options
 
 
-def options_with_store(model_options: dict, store: AttentionStore) -> dict:
-    """Copy-on-write ``model_options`` whose ``transformer_options`` carry ``store`` (the caller's dicts are kept)."""
-    transformer_options = {**model_options.get("transformer_options", {}), STORE_KEY: store}
+def options_with_store(model_options: dict, store: AttentionStore, entries: frozenset | None = None) -> dict:
+    """Copy-on-write ``model_options`` whose ``transformer_options`` carry ``store`` (the caller's dicts are kept)
+    and the uuids of the positive conditioning ``entries`` to record (None: every positive entry)."""
+    transformer_options = {**model_options.get("transformer_options", {}), STORE_KEY: store, ENTRIES_KEY: entries}
     return {**model_options, "transformer_options": transformer_options}
 
 

@@ -4,6 +4,7 @@ a :class:`~..regulation.run.RegulationRun` in the sampling run's transformer opt
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,13 +15,15 @@ from ..capture.sites import AttentionSite, map_size
 from ..engine.steps import StepClock
 from ..regulation import initial_weights, regulate, supports_map
 from ..regulation.run import RegulationEvent, RegulationRun, RegulationSpec
-from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP
-from .patches import conditional_chunks, layer_output, with_attn2_patches
+from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP, entry_uuid
+from .conditioning import TOKENS_HINT, PromptMismatchError, subject_entries
+from .patches import entry_chunks, layer_output, with_attn2_patches
 from .sampling import step_clock
 from .sites import guidance_sites
 
 REGULATION_RUN_KEY = "attention_regulation_run"
 REGULATION_WRAPPER_KEY = "attention_guidance_regulation"
+REGULATED_ENTRIES_KEY = "attention_regulation_entries"  # uuids of the positive entries edited (None: all)
 
 
 def regulation_sites(model: Any) -> list[AttentionSite]:
@@ -40,7 +43,8 @@ def _current_run(extra_options: dict) -> RegulationRun | None:
 
 
 class RegulationPatch:
-    """attn2 replace patch that edits the conditional rows' logits during the first ``edit_steps`` steps.
+    """attn2 replace patch that edits the conditional rows' logits during the run's edit window (the first
+    ``edit_percent`` % of the steps).
 
     For each positive-prompt chunk it computes ``Q Kᵀ / √d`` in fp32, lets :func:`regulate` search the bias on the
     target columns, and returns ``softmax(edited) @ V``; other rows, other steps and maps smaller than 16×16 get the
@@ -68,10 +72,11 @@ class RegulationPatch:
         run = _current_run(extra_options)
         if run is None:
             return layer_output(self.wrapped, q, k, v, extra_options), None
-        step = run.step_of(float(extra_options["sigmas"].max()))
-        chunks = conditional_chunks(extra_options["cond_or_uncond"], q.shape[0])
-        if step >= self.spec.config.edit_steps or not chunks:
+        sigma = float(extra_options["sigmas"].max())
+        chunks = entry_chunks(extra_options, q.shape[0], extra_options.get(REGULATED_ENTRIES_KEY))
+        if not run.edits(sigma) or not chunks:
             return layer_output(self.wrapped, q, k, v, extra_options), None
+        step = run.step_of(sigma)
         height, width = map_size(*extra_options["original_shape"][2:], self.downsample)
         if not supports_map(height, width):
             run.warn_once(
@@ -120,10 +125,9 @@ class RegulationPatch:
             return context
         first = context[:, :count]
         if tokens % count or not torch.allclose(first.repeat(1, tokens // count, 1), context, rtol=1e-3, atol=1e-3):
-            raise ValueError(
+            raise PromptMismatchError(
                 f"Attention Regulation: the subject tokens come from a prompt of {count} tokens, but the positive "
-                f"conditioning has {tokens}; connect the tokens output of the text encoder that encodes the positive "
-                "prompt"
+                f"conditioning has {tokens}; {TOKENS_HINT}"
             )
         return first
 
@@ -159,10 +163,24 @@ class _ClockedGuider:
         return self._guider(x, sigma, *args, **kwargs)
 
 
-def _regulate_sampling_run(executor: Any, guider: Any, sigmas: torch.Tensor, extra_args: dict,
+def _regulated_entries(positive: list[dict], spec: RegulationSpec) -> frozenset | None:
+    """The uuids of the positive entries encoded from the spec's prompt (None: every entry, when there is one).
+
+    Raises :class:`~.conditioning.PromptMismatchError` when no entry was encoded from it."""
+    if spec.tokens is None:
+        return None
+    try:
+        entries = subject_entries(positive, spec.tokens)
+    except PromptMismatchError as error:
+        raise PromptMismatchError(f"Attention Regulation: {error}") from error
+    return None if len(positive) == 1 else frozenset(entry_uuid(entry) for entry in entries)
+
+
+def _regulate_sampling_run(spec: RegulationSpec, executor: Any, guider: Any, sigmas: torch.Tensor, extra_args: dict,
                            callback: Callable | None, *args: Any, **kwargs: Any) -> torch.Tensor:
     """SAMPLER_SAMPLE wrapper: a fresh :class:`RegulationRun` for each sampling run, dropped after it, whose steps
-    follow the sampler's model calls and step reports (:class:`~..engine.steps.StepClock`, as latent guidance)."""
+    follow the sampler's model calls and step reports (:class:`~..engine.steps.StepClock`, as latent guidance), and
+    which edits the positive entries encoded from the spec's prompt."""
     clock = step_clock(sigmas, getattr(executor.class_obj, "sampler_function", None))
     options = extra_args["model_options"]["transformer_options"]  # this run's copy
 
@@ -171,16 +189,20 @@ def _regulate_sampling_run(executor: Any, guider: Any, sigmas: torch.Tensor, ext
         if callback is not None:
             callback(*report)
 
-    options[REGULATION_RUN_KEY] = RegulationRun(extra_args.get("seed"), lambda sigma: clock.step)
+    edited_steps = spec.config.edited_steps(clock.steps)
+    options[REGULATED_ENTRIES_KEY] = _regulated_entries(guider.conds["positive"], spec)
+    options[REGULATION_RUN_KEY] = RegulationRun(extra_args.get("seed"), lambda sigma: clock.step,
+                                                lambda sigma: clock.step < edited_steps)
     try:
         return executor(_ClockedGuider(guider, clock), sigmas, extra_args, step_finished, *args, **kwargs)
     finally:
         options.pop(REGULATION_RUN_KEY, None)
+        options.pop(REGULATED_ENTRIES_KEY, None)
 
 
 def with_regulation(model: Any, spec: RegulationSpec,
                     observer: Callable[[RegulationEvent], None] | None = None) -> Any:
-    """A clone of ``model`` that runs Attention Regulation in every sampling run; ``edit_steps == 0`` gives a plain
+    """A clone of ``model`` that runs Attention Regulation in every sampling run; an empty edit window gives a plain
     clone. Applying it to a regulated model replaces the earlier regulation; other packs' attn2 patches are kept.
 
     A run's state is made per sampling run by a SAMPLER_SAMPLE wrapper (with the noise seed); the 2024 host has no
@@ -188,7 +210,7 @@ def with_regulation(model: Any, spec: RegulationSpec,
     """
     sites = regulation_sites(model)
     clone = model.clone()
-    if spec.config.edit_steps == 0:
+    if not spec.config.edits:
         return clone
     for site in sites:
         clone.model_options = with_attn2_patches(
@@ -196,7 +218,8 @@ def with_regulation(model: Any, spec: RegulationSpec,
             lambda wrapped, site=site: RegulationPatch(site.downsample, spec, observer, wrapped), RegulationPatch)
     if HAS_MODEL_WRAPPERS:
         clone.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY)
-        clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY, _regulate_sampling_run)
+        clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY,
+                                   functools.partial(_regulate_sampling_run, spec))
     else:
-        clone.model_options["transformer_options"][REGULATION_RUN_KEY] = NoiseLevelRuns()
+        clone.model_options["transformer_options"][REGULATION_RUN_KEY] = NoiseLevelRuns(model, spec.config)
     return clone

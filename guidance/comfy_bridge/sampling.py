@@ -17,15 +17,30 @@ from ..engine.spec import GuidanceSpec, LevelMaps
 from ..engine.steps import StepClock
 from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
-from .compat import blocks_modify_saved_activations, conditional_forward, is_flow_model, positive_conds
-from .host_weights import make_autograd_ready
+from .compat import blocks_modify_saved_activations, conditional_forward, entry_uuid, is_flow_model, positive_conds
+from .conditioning import SubjectEntryError, entry_context, subject_entry
+from .host_weights import entry_networks, make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
 from .sites import attention_sites, guidance_sites
 
 logger = logging.getLogger("attention_guidance")
 
-# Samplers that choose their own sigmas: no step of the schedule can be matched, so guidance cannot run.
-_OWN_SCHEDULE_SAMPLERS = {"sample_dpm_fast", "sample_dpm_adaptive"}
+_OWN_SCHEDULE = "chooses its own steps, so guidance cannot follow its schedule"
+_PREDICTOR_CORRECTOR = ("corrects each step from the latent it had before the model call (a predictor-corrector "
+                        "method), so a guided update of the latent the model sees would not reach the next step")
+_RESCALED_COPY = ("passes the model a rescaled copy of its latent and corrects each step from its own, so a guided "
+                  "update would not reach the next step")
+# Samplers guidance cannot steer, by their sampler function's name on either host: (name in the node, why).
+_UNGUIDED_SAMPLERS = {
+    "sample_dpm_fast": ("dpm_fast", _OWN_SCHEDULE),
+    "dpm_fast_function": ("dpm_fast", _OWN_SCHEDULE),
+    "sample_dpm_adaptive": ("dpm_adaptive", _OWN_SCHEDULE),
+    "dpm_adaptive_function": ("dpm_adaptive", _OWN_SCHEDULE),
+    "sample_unipc": ("uni_pc", _RESCALED_COPY),
+    "sample_unipc_bh2": ("uni_pc_bh2", _RESCALED_COPY),
+    "sample_sa_solver": ("sa_solver", _PREDICTOR_CORRECTOR),
+    "sample_sa_solver_pece": ("sa_solver_pece", _PREDICTOR_CORRECTOR),
+}
 # Samplers whose corrector evaluates the model at the next step's noise level after reporting the step.
 _CORRECTOR_CALLS = {"sample_heun": 1, "sample_heunpp2": 1}
 
@@ -45,66 +60,81 @@ class _LoggingObserver(GuidanceObserver):
                      [round(v, 4) for v in report.losses[0].tolist()], report.refinement_steps)
 
 
-def _guidance_conds(denoiser: Any, extra_args: dict) -> list:
-    # ControlNet models are loaded as inference tensors and cannot take part in a backward pass: the guidance
-    # pass reads attention without them (the sampling passes still use them).
-    return [{key: value for key, value in cond.items() if key != "control"}
-            for cond in positive_conds(denoiser, extra_args)]
-
-
 class SamplingRun:
     """One sampling run seen by the pack: its step clock, the recording of each step's maps (``history``, a list
-    the caller owns) and the latent guidance (``spec``). Created by the sampler function, never shared."""
+    the caller owns) and the latent guidance (``spec``). Created by the sampler function, never shared.
 
-    def __init__(self, denoiser: Any, clock: StepClock, extra_args: dict, spec: GuidanceSpec | None,
-                 history: list[StepMaps] | None, early_stop: bool, observer: GuidanceObserver | None) -> None:
+    Both read the positive conditioning's subject entry (:func:`~.conditioning.subject_entry`), one row per image of
+    ``latent`` ``[B, C, h, w]``: the guidance in a pass of its own, the recording in the sampling passes (or, where
+    the host cannot tell entries apart in a batched call, in a pass of its own too).
+    """
+
+    def __init__(self, denoiser: Any, clock: StepClock, latent: torch.Tensor, extra_args: dict,
+                 spec: GuidanceSpec | None, history: list[StepMaps] | None, early_stop: bool,
+                 observer: GuidanceObserver | None) -> None:
         self.clock = clock
         self.history = history
         base_model = denoiser.inner_model.inner_model
-        sites = guidance_sites(base_model)
-        positive = _guidance_conds(denoiser, extra_args)
-        token_count = positive[0]["model_conds"]["c_crossattn"].cond.shape[1]
+        positive = positive_conds(denoiser, extra_args)
+        entry = subject_entry(positive, None if spec is None else spec.tokens, latent)
+        token_count = entry_context(entry).shape[0]
         model_options = extra_args.get("model_options", {})
-        self.sampling_store = AttentionStore(token_count)
-        self.sampling_options = options_with_store(options_with_recorder(model_options, sites), self.sampling_store)
-        self.guidance: GuidanceRun | None = None
-        if spec is None or not spec.active:
-            return
-        self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model), observer or _LoggingObserver(),
-                                    comfy.model_management.throw_exception_if_processing_interrupted,
-                                    copy_saved_tensors=blocks_modify_saved_activations())
-        self._base_model, self._positive = base_model, positive
-        # The guidance pass records latent/4 and the extra levels the terms read; the sampling passes record
+        self._base_model, self._entry = base_model, entry
+        # the subject entry's ControlNets and GLIGEN take part in the subject pass, as in the sampling passes
+        self._networks = [base_model.diffusion_model, *entry_networks(entry)]
+        # The subject pass records latent/4 and the extra levels the terms read; the sampling passes record
         # latent/4 only, for AG_ATTENTION.
         all_sites = attention_sites(base_model)
-        self._levels = [GUIDANCE_LEVEL] + [level for level in spec.levels
+        guiding = spec is not None and spec.active
+        self._levels = [GUIDANCE_LEVEL] + [level for level in (spec.levels if guiding else ())
                                            if level != GUIDANCE_LEVEL and sites_at_level(all_sites, level)]
-        guided_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
-        layer_calls = sum(site.depth for site in guided_sites)
-        self._guidance_store = AttentionStore(token_count, guidance_pass=True, expected_rows=None)
-        self._expected_rows_per_image = layer_calls if early_stop else None
-        self._guidance_options = options_with_store(options_with_recorder(model_options, guided_sites),
-                                                    self._guidance_store)
+        pass_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
+        self._expected_rows_per_image = sum(site.depth for site in pass_sites) if early_stop else None
+        self._subject_store = AttentionStore(token_count, guidance_pass=True)
+        self._subject_options = options_with_store(options_with_recorder(model_options, pass_sites),
+                                                   self._subject_store)
+        self.sampling_store = AttentionStore(token_count)
+        entry_id = entry_uuid(entry) if len(positive) > 1 else None
+        self.records_in_own_pass = len(positive) > 1 and entry_id is None
+        self.sampling_options = options_with_store(options_with_recorder(model_options, guidance_sites(base_model)),
+                                                   self.sampling_store,
+                                                   None if entry_id is None else frozenset({entry_id}))
+        self.guidance: GuidanceRun | None = None
+        if guiding:
+            self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model),
+                                        observer or _LoggingObserver(),
+                                        comfy.model_management.throw_exception_if_processing_interrupted,
+                                        copy_saved_tensors=blocks_modify_saved_activations())
 
     def guidance_forward(self, sigma: torch.Tensor) -> Forward:
-        """The guidance pass at noise level ``sigma`` (``[1]``): the positive prompt alone, stopped once every
+        """The subject pass at noise level ``sigma`` (``[1]``): the subject entry alone, stopped once every
         recorded layer has run."""
-        store = self._guidance_store
+        store = self._subject_store
 
         def forward(x: torch.Tensor) -> dict[int, LevelMaps]:
-            make_autograd_ready(self._base_model.diffusion_model)
+            for network in self._networks:
+                make_autograd_ready(network)
             store.clear()
             if self._expected_rows_per_image is not None:
                 store.expected_rows = x.shape[0] * self._expected_rows_per_image
             with recording(store):
                 try:
-                    conditional_forward(self._base_model, self._positive, x, sigma.expand(x.shape[0]),
-                                        self._guidance_options)
+                    conditional_forward(self._base_model, [self._entry], x, sigma.expand(x.shape[0]),
+                                        self._subject_options)
                 except ForwardComplete:
                     pass
+            require_maps(store, float(sigma[0]))
             return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
 
         return forward
+
+
+def require_maps(store: AttentionStore, sigma: float) -> None:
+    """Raise :class:`SubjectEntryError` when a model call recorded no latent/4 map: the subject entry did not run."""
+    if GUIDANCE_LEVEL not in store.levels():
+        raise SubjectEntryError(
+            f"the positive entry encoded from the subject prompt took no part in the model call at noise level "
+            f"{sigma:.4g} (a timestep range on it?); its attention can be read only on steps where it is active")
 
 
 class _StepDenoiser:
@@ -134,10 +164,15 @@ class _StepDenoiser:
             return self._inner(x, sigma, **kwargs)
         if run.history is None:
             return self._inner(x, sigma, **kwargs)
+        if run.records_in_own_pass:
+            maps = run.guidance_forward(sigma.flatten()[:1])(x)[GUIDANCE_LEVEL].maps.detach()
+            run.history.append(StepMaps(step, sigma_value, maps))
+            return self._inner(x, sigma, **kwargs)
         store = run.sampling_store
         store.clear()
         with recording(store):
             out = self._inner(x, sigma, **kwargs)
+        require_maps(store, sigma_value)
         run.history.append(StepMaps(step, sigma_value, store.aggregate(GUIDANCE_LEVEL).detach()))
         store.clear()
         return out
@@ -153,11 +188,9 @@ def guided_sampler_function(base_function: Callable, spec: GuidanceSpec | None, 
     guidance pass and step.
     """
     name = getattr(base_function, "__name__", "")
-    if spec is not None and spec.active and name in _OWN_SCHEDULE_SAMPLERS:
-        raise GuidanceUnavailableError(
-            f"the {name.removeprefix('sample_')} sampler chooses its own steps, so guidance cannot follow its "
-            f"schedule; pick another sampler (euler, dpmpp_2m, ...)"
-        )
+    if spec is not None and spec.active and name in _UNGUIDED_SAMPLERS:
+        sampler, reason = _UNGUIDED_SAMPLERS[name]
+        raise GuidanceUnavailableError(f"the {sampler} sampler {reason}; pick another sampler (euler, dpmpp_2m, ...)")
 
     @functools.wraps(base_function)  # keeps the sampler's name, which others read (step_clock)
     def sample(model_k: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
@@ -166,7 +199,8 @@ def guided_sampler_function(base_function: Callable, spec: GuidanceSpec | None, 
             return base_function(model_k, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                  **options)
         extra_args = dict(extra_args or {})
-        run = SamplingRun(model_k, step_clock(sigmas, base_function), extra_args, spec, history, early_stop, observer)
+        run = SamplingRun(model_k, step_clock(sigmas, base_function), x, extra_args, spec, history, early_stop,
+                          observer)
         extra_args["model_options"] = run.sampling_options
         if history is not None:
             history.clear()

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..engine.schedule import percent_to_step
+
 RegulationMode = Literal["default", "reference"]
 MODES: tuple[RegulationMode, ...] = ("default", "reference")
 
@@ -21,7 +23,9 @@ class RegulationConfig:
 
     ``ema_decay`` is the weight of the previous step's bias (the authors' ``decay``). The coverage term aims the
     mean attention of each of the S targets at ``min(target_share_cap, target_share · S) / S``.
-    ``edit_steps`` is for the caller: the edit runs on steps ``0 … edit_steps − 1``.
+    ``edit_percent``: the edit runs on the first ``edit_percent`` % of the sampling steps, rounded as every guided
+    window (:func:`~..engine.schedule.percent_to_step`; the authors edit 25 of 50 steps). ``edit_steps``, when set,
+    is a fixed number of first steps instead, as the node's first version took it (kept for saved workflows).
     """
 
     mode: RegulationMode = "default"
@@ -36,7 +40,8 @@ class RegulationConfig:
     quantile_target: float = 0.9
     target_share: float = 0.2
     target_share_cap: float = 1.0
-    edit_steps: int = 25
+    edit_percent: float = 50.0
+    edit_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -47,8 +52,19 @@ class RegulationConfig:
             raise ValueError(f"ema_decay must lie in [0, 1], got {self.ema_decay}")
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"quantile must lie in (0, 1), got {self.quantile}")
-        if self.edit_steps < 0:
+        if not 0.0 <= self.edit_percent <= 100.0:
+            raise ValueError(f"edit_percent must lie in [0, 100], got {self.edit_percent}")
+        if self.edit_steps is not None and self.edit_steps < 0:
             raise ValueError(f"edit_steps must not be negative, got {self.edit_steps}")
+
+    @property
+    def edits(self) -> bool:
+        """Whether any step is edited."""
+        return (self.edit_percent if self.edit_steps is None else self.edit_steps) > 0
+
+    def edited_steps(self, steps: int) -> int:
+        """How many first steps of a ``steps``-step run are edited."""
+        return percent_to_step(self.edit_percent, steps) if self.edit_steps is None else self.edit_steps
 
     def total_share(self, target_count: int) -> float:
         """``τ = min(1, 0.2 · S)``: the attention mass all S targets should share on average."""

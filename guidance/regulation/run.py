@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,8 @@ class RegulationSpec:
     eos_position: int | None
     token_count: int
     config: RegulationConfig
+    tokens: SubjectTokens | None = field(default=None, compare=False, repr=False)
+    """The subject tokens the spec was made from, to check the sampled prompt against."""
 
     @classmethod
     def from_tokens(cls, tokens: SubjectTokens, config: RegulationConfig) -> RegulationSpec:
@@ -35,7 +37,7 @@ class RegulationSpec:
         eos_position = next((i for i, piece in enumerate(tokens.pieces) if piece == END_OF_TEXT), None)
         if config.mode == "reference" and eos_position is None:
             raise ValueError("reference mode restores the <|endoftext|> column, but this prompt has no such token")
-        return cls(targets, eos_position, tokens.token_count, config)
+        return cls(targets, eos_position, tokens.token_count, config, tokens)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class RegulationRun:
     """State of one sampling run: each edited layer's bias memory for the EMA across steps.
 
     ``step_of`` gives the step index of a model call at a noise level (the run's :class:`~..engine.steps.StepClock`
-    where the host reports steps). Memory is keyed by layer ``(block, id, block_index)``, conditional branch and map
-    size, never by call order. A layer called again at the same step (heun's correction, split CFG batches) blends
+    where the host reports steps), ``edits`` whether a call at a noise level falls in the edit window. Memory is
+    keyed by layer ``(block, id, block_index)``, conditional branch and map size, never by call order. A layer called again at the same step (heun's correction, split CFG batches) blends
     with the same partner as its first call and replaces that call's state.
 
     Initial weights come from a generator per (noise seed, step, layer, branch, image), never the global RNG, so
@@ -77,9 +79,10 @@ class RegulationRun:
     seed (None where the host does not say it).
     """
 
-    def __init__(self, seed: int | None, step_of: Callable[[float], int]) -> None:
+    def __init__(self, seed: int | None, step_of: Callable[[float], int], edits: Callable[[float], bool]) -> None:
         self.seed = seed
         self.step_of = step_of
+        self.edits = edits
         self._memory: dict[tuple, _LayerMemory] = {}
         self._warned: set[str] = set()
 

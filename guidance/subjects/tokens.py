@@ -10,7 +10,11 @@ Positions index the flattened 77·k sequence the encoder produces: position 0 of
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 WORD_END = "</w>"
 EMBEDDING_PIECE = "<embedding>"
@@ -66,6 +70,9 @@ class SubjectTokens:
     pieces: tuple[str, ...]
     subjects: tuple[Subject, ...]
     auto_picked: bool
+    encoding: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """The text encoder's output for the prompt, ``[77·k, D]``, set by the nodes that make AG_TOKENS: the samplers
+    check the positive conditioning against it (``subjects.encoding``). None: only the token count is checked."""
 
     @property
     def token_count(self) -> int:

@@ -3,8 +3,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from devkit import comfy_host, hosts
+
+if "OMP_NUM_THREADS" not in os.environ:
+    # The tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits slow every
+    # model call many times over (the sampler suite: 12 min with torch's default, 33 s with one thread).
+    torch.set_num_threads(1)
 
 _found = hosts.discover()
 HOST_PATH = Path(os.environ["AG_TEST_HOST"]) if os.environ.get("AG_TEST_HOST") else _found[0].path

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import nodes
+from devkit import tiny_models
 from devkit.comfy_host import ag
 from devkit.sampling import IS_CURRENT_HOST, encode, recording_sampler, sample_custom, with_recorder
 
@@ -100,14 +101,17 @@ def test_edits_the_authors_layers_on_every_block_index(tiny, family):
     assert all(isinstance(patch, bridge.RegulationPatch) for patch in patches.values())
 
 
-def test_node_is_registered_with_tooltips():
-    node = nodes.NODE_CLASS_MAPPINGS["AG_AttentionRegulation"]
-    assert nodes.NODE_DISPLAY_NAME_MAPPINGS["AG_AttentionRegulation"] == "Attention Regulation"
+def test_node_is_registered_with_tooltips_and_the_first_versions_id_keeps_its_step_count():
+    node = nodes.NODE_CLASS_MAPPINGS["AG_AttentionRegulationV2"]
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS["AG_AttentionRegulationV2"] == "Attention Regulation"
     inputs = node.INPUT_TYPES()["required"]
-    assert list(inputs) == ["model", "tokens", "edit_steps", "iterations", "mode"]
+    assert list(inputs) == ["model", "tokens", "edit_percent", "iterations", "mode"]
     assert all(options[1]["tooltip"] for options in inputs.values())
-    assert (inputs["edit_steps"][1]["default"], inputs["iterations"][1]["default"]) == (25, 20)
+    assert (inputs["edit_percent"][1]["default"], inputs["iterations"][1]["default"]) == (50.0, 20)
     assert node.RETURN_TYPES == ("MODEL",) and node.DESCRIPTION
+    old = nodes.NODE_CLASS_MAPPINGS["AG_AttentionRegulation"]  # saved workflows name it with [edit_steps, ...]
+    assert list(old.INPUT_TYPES()["required"]) == ["model", "tokens", "edit_steps", "iterations", "mode"]
+    assert old.DEPRECATED and "deprecated" in nodes.NODE_DISPLAY_NAME_MAPPINGS["AG_AttentionRegulation"]
 
 
 def test_edit_raises_the_weakest_subjects_peak_towards_the_target(tiny):
@@ -158,11 +162,11 @@ def test_sd1_edits_its_16x16_layers(tiny):
 def test_off_is_bit_identical_to_the_stock_ksampler(tiny):
     checkpoint = tiny("sdxl")
     node = regulation_node.AttentionRegulation()
-    (off,) = node.apply(checkpoint.model, subject_tokens(checkpoint), edit_steps=0, iterations=20, mode="default")
+    (off,) = node.apply(checkpoint.model, subject_tokens(checkpoint), edit_percent=0.0, iterations=20, mode="default")
     assert not attn2_patches(off)
     plain = ksample(checkpoint.model, checkpoint)
     assert torch.equal(ksample(off, checkpoint), plain)
-    (on,) = node.apply(checkpoint.model, subject_tokens(checkpoint), edit_steps=1, iterations=2, mode="default")
+    (on,) = node.apply(checkpoint.model, subject_tokens(checkpoint), edit_percent=50.0, iterations=2, mode="default")
     assert not torch.allclose(ksample(on, checkpoint), plain, atol=1e-3)
 
 
@@ -241,9 +245,10 @@ def test_a_recorder_records_the_edited_attention_once(tiny):
 
     def record(patch):
         store = ag("guidance.capture.store").AttentionStore(77)
+        run = regulation_run.RegulationRun(0, lambda sigma: 0, lambda sigma: True)
         options = {"cond_or_uncond": [1, 0], "original_shape": [2, 4, 4 * width, 4 * width], "n_heads": heads,
                    "sigmas": torch.tensor([5.0, 5.0]), "block": ("input", 7), "block_index": 0,
-                   recorder.STORE_KEY: store, bridge_regulation.REGULATION_RUN_KEY: regulation_run.RegulationRun(0, lambda sigma: 0)}
+                   recorder.STORE_KEY: store, bridge_regulation.REGULATION_RUN_KEY: run}
         with recorder.recording(store):
             out = patch(q, k, v, options)
         return out, store.aggregate(4)
@@ -280,7 +285,9 @@ def test_repeated_negative_context_is_edited_and_a_foreign_prompt_is_refused(tin
     ksample(regulated(checkpoint, events.append, edit_steps=1, iterations=1), checkpoint, steps=1,
             negative=long_prompt)  # the positive context is repeated to the negative's 154 tokens
     assert events and events[0].after.shape[-1] == 77
-    with pytest.raises(ValueError, match="subject tokens come from a prompt of 77 tokens.*has 154"):
+    # the current host checks the prompt before sampling, the 2024 host in the patch
+    with pytest.raises(ValueError, match="it has 154 tokens, the tokens' prompt 77|tokens come from a prompt of 77 "
+                                         "tokens, but the positive conditioning has 154"):
         ksample(regulated(checkpoint, edit_steps=1, iterations=1), checkpoint, steps=1, prompt=long_prompt)
 
 
@@ -292,13 +299,6 @@ def test_small_images_are_left_alone_and_logged(tiny, caplog):
     assert not events
     assert sum("edits nothing" in record.message and "8x8" in record.message for record in caplog.records) == 1
     torch.testing.assert_close(out, ksample(checkpoint.model, checkpoint, size=256), rtol=0, atol=1e-5)
-
-
-def test_tokens_without_subjects_are_refused(tiny):
-    checkpoint = tiny("sdxl")
-    empty = tokens_module.SubjectTokens(PROMPT, subject_tokens(checkpoint).pieces, (), auto_picked=False)
-    with pytest.raises(common.NodeInputError, match=re.escape("Attention Regulation: input 'tokens'")):
-        regulation_node.AttentionRegulation().apply(checkpoint.model, empty, 25, 20, "default")
 
 
 def test_unsupported_model_error_comes_from_the_bridge(tiny):
@@ -316,7 +316,7 @@ def test_only_conditional_rows_are_edited_each_branch_with_its_own_memory():
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, length, 16, generator=generator) for length in (256, 77, 77))
     step = 0
-    run = regulation_run.RegulationRun(0, lambda sigma: step)
+    run = regulation_run.RegulationRun(0, lambda sigma: step, lambda sigma: step < 1)
     options = {bridge_regulation.REGULATION_RUN_KEY: run, "sigmas": torch.full((3,), 5.0), "cond_or_uncond": [1, 0, 0],
                "original_shape": [3, 4, 64, 64], "block": ("input", 7), "block_index": 0, "n_heads": 2}
     with torch.inference_mode():
@@ -335,7 +335,7 @@ def test_only_conditional_rows_are_edited_each_branch_with_its_own_memory():
 
 
 def test_run_memory_is_keyed_by_layer_and_step():
-    run = regulation_run.RegulationRun(7, lambda sigma: 0)
+    run = regulation_run.RegulationRun(7, lambda sigma: 0, lambda sigma: True)
     a, b = ("input", 7, 0), ("output", 0, 1)
     state_a0, state_b0, state_a1 = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
     assert run.partner(a, 0) is None
@@ -346,12 +346,13 @@ def test_run_memory_is_keyed_by_layer_and_step():
     assert run.partner(a, 1) is state_a0  # a second call at the same step blends with the same partner
     assert run.partner(a, 2) is state_a1
     draw = torch.rand(3, generator=run.generator(0, a, 0, 0))
-    assert torch.equal(draw, torch.rand(3, generator=regulation_run.RegulationRun(7, lambda sigma: 0).generator(0, a, 0, 0)))
+    other_run = regulation_run.RegulationRun(7, lambda sigma: 0, lambda sigma: True)
+    assert torch.equal(draw, torch.rand(3, generator=other_run.generator(0, a, 0, 0)))
     assert not torch.equal(draw, torch.rand(3, generator=run.generator(0, b, 0, 0)))
 
 
-def test_the_2024_hosts_runs_count_noise_levels_and_restart_when_it_rises():
-    runs = compat.NoiseLevelRuns()
+def test_the_2024_hosts_runs_count_noise_levels_and_restart_when_it_rises(tiny):
+    runs = compat.NoiseLevelRuns(tiny("sdxl").model, regulation.RegulationConfig(edit_steps=2))
     first = runs.run_at(14.6)
     first.remember(("input", 7, 0), 0, None, torch.zeros(1))
     steps = []
@@ -361,3 +362,68 @@ def test_the_2024_hosts_runs_count_noise_levels_and_restart_when_it_rises():
     assert steps == [0, 1, 1, 2] and run is first
     again = runs.run_at(14.6)  # the noise level rose: a new run, with no memory of the last one
     assert again is not first and again.step_of(14.6) == 0 and again.partner(("input", 7, 0), 1) is None
+
+
+@pytest.mark.parametrize("steps,edited", [(4, [0, 1]), (2, [0])])
+def test_edit_percent_edits_that_share_of_the_steps(tiny, steps, edited):
+    """50 % of the steps, as the other methods count them. The 2024 host, which does not show a model the run's step
+    count, places the window by noise level; with the normal scheduler it edits the same steps here."""
+    checkpoint = tiny("sdxl")
+    events = []
+    ksample(regulated(checkpoint, events.append, edit_percent=50.0, iterations=1), checkpoint, steps=steps)
+    assert sorted({event.step for event in events}) == edited
+    assert len(events) == 10 * len(edited)  # every regulated layer on every edited step
+
+
+def test_a_regulated_prediction_differs_at_an_edited_step_where_the_layers_reach_the_output(tiny):
+    """A one-step stock KSampler returns the model's prediction at step 0. The tiny SD1.x model's 16x16 layers feed
+    its output, so the edit changes the prediction. A UNet whose transformer output projections are zero (a freshly
+    initialised LDM UNet, zero_module) ignores its cross-attention: the edit runs, and the prediction stays bitwise
+    the stock one, whatever the attention."""
+    checkpoint = tiny("sd1")
+    events = []
+    plain = ksample(checkpoint.model, checkpoint, steps=1)
+    edited = ksample(regulated(checkpoint, events.append, edit_percent=100.0, iterations=5), checkpoint, steps=1)
+    assert len(events) == 5
+    assert (edited - plain).abs().max() > 0.01 * plain.abs().max()
+
+    blind = tiny_models.tiny_unet("sd1", torch.Generator().manual_seed(tiny_models.SEED))
+    with torch.inference_mode():
+        for name, parameter in blind.model.diffusion_model.named_parameters():
+            if name.endswith(("proj_out.weight", "proj_out.bias")):
+                parameter.zero_()
+    blind_events = []
+    blind_plain = ksample(blind, checkpoint, steps=1)
+    blind_edited = ksample(regulated(checkpoint, blind_events.append, model=blind, edit_percent=100.0, iterations=5),
+                           checkpoint, steps=1)
+    assert len(blind_events) == 5 and (blind_events[0].after - blind_events[0].before).abs().max() > 0.01
+    assert torch.equal(blind_edited, blind_plain)
+
+
+@pytest.mark.skipif(not IS_CURRENT_HOST, reason="the 2024 host runs no per-run hook in which a model patch could see "
+                                                "the positive conditioning: it checks the token count only")
+def test_tokens_of_another_prompt_are_refused_naming_the_tokens_input(tiny):
+    checkpoint = tiny("sdxl")
+    with torch.inference_mode():
+        dog = nodes.NODE_CLASS_MAPPINGS["AG_TextEncodeWithTokens"]().encode(checkpoint.clip, "a dog and a frog",
+                                                                             "dog, frog")["result"][1]
+    model = regulation_node.AttentionRegulation().apply(checkpoint.model, dog, 50.0, 2, "default")[0]
+    with pytest.raises(ValueError, match="Attention Regulation: the subject tokens were made from 'a dog and a frog'"
+                                         ".*from token position 2 on.*tokens input"):
+        ksample(model, checkpoint, steps=1)
+
+
+@pytest.mark.skipif(not IS_CURRENT_HOST, reason="the 2024 host does not tell a model patch which positive entry a "
+                                                "batch chunk belongs to: it edits every positive entry")
+def test_only_the_subject_prompts_entry_of_a_combined_positive_is_edited(tiny):
+    checkpoint = tiny("sdxl")
+    with torch.inference_mode():
+        cat, tokens = nodes.NODE_CLASS_MAPPINGS["AG_TextEncodeWithTokens"]().encode(checkpoint.clip, PROMPT,
+                                                                                      "cat, frog")["result"]
+        positive = nodes.ConditioningCombine().combine(encode(checkpoint.clip, "a watercolor landscape"), cat)[0]
+        latent = nodes.EmptyLatentImage().generate(SIZE, SIZE, 1)[0]
+        events = []
+        spec = regulation_run.RegulationSpec.from_tokens(tokens, regulation.RegulationConfig(iterations=1))
+        model = bridge.with_regulation(checkpoint.model, spec, events.append)
+        nodes.KSampler().sample(model, 3, 1, 7.0, "euler", "normal", positive, encode(checkpoint.clip, ""), latent)
+    assert len(events) == 10 and {event.branch for event in events} == {0}  # one entry per layer call, not two

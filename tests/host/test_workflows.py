@@ -92,6 +92,47 @@ def test_workflow_validates_and_executes(path, tmp_path):
                 assert json.loads(image.info["workflow"]) == workflow  # the frontend's extra data reached the host
 
 
+REGULATION_WORKFLOW = REPO_ROOT / "workflows" / "attention_regulation_sd15.json"
+
+
+def regulation_node_id(prompt):
+    return next(node_id for node_id, node in prompt.items() if node["class_type"].startswith("AG_AttentionRegulation"))
+
+
+def test_the_attention_regulation_workflow_edits_at_its_own_size(tmp_path):
+    """At 512 px (the shipped size) the SD1.x layers it edits have 16x16 maps: the image differs from the same graph
+    with the edit off. (The shrunk run of every workflow above samples 256 px, where it edits nothing.)"""
+    workflow = wf.load(REGULATION_WORKFLOW)
+    prompt = wf.shrunk(wf.with_tiny_checkpoints(wf.to_prompt(workflow)), max_size=512)
+    assert prompt[regulation_node_id(prompt)]["inputs"]["edit_percent"] > 0
+    off = copy.deepcopy(prompt)
+    off[regulation_node_id(off)]["inputs"]["edit_percent"] = 0.0
+    images = []
+    for name, variant in (("on", prompt), ("off", off)):
+        with wf.OutputDirectories(tmp_path / name):
+            result = wf.execute(variant, sorted(output_node_ids(variant)), workflow)
+        assert result.success, result.error()
+        [path] = saved_images(result, tmp_path / name)
+        with Image.open(path) as image:
+            assert image.size == (512, 512)
+            images.append(image.tobytes())
+    assert images[0] != images[1]
+
+
+def test_a_workflow_saved_with_the_first_attention_regulation_node_still_runs(tmp_path):
+    """Its node id and [edit_steps, iterations, mode] widgets (a step count) load into the deprecated node."""
+    workflow = wf.load(REGULATION_WORKFLOW)
+    node = next(entry for entry in workflow["nodes"] if entry["type"] == "AG_AttentionRegulationV2")
+    node["type"], node["widgets_values"] = "AG_AttentionRegulation", [25, 20, "default"]
+    prompt = wf.with_tiny_checkpoints(wf.to_prompt(workflow))
+    assert prompt[regulation_node_id(prompt)]["inputs"] | {"model": None, "tokens": None} == {
+        "edit_steps": 25, "iterations": 20, "mode": "default", "model": None, "tokens": None}
+    assert wf.validate(prompt).ok
+    with wf.OutputDirectories(tmp_path):
+        result = wf.execute(wf.shrunk(prompt), sorted(output_node_ids(prompt)), workflow)
+    assert result.success, result.error()
+
+
 def test_execution_error_is_reported(tmp_path):
     """A node that raises during execution (a subject missing from the prompt) fails the run, naming the node."""
     workflow = wf.load(STOCK)

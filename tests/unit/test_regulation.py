@@ -66,7 +66,7 @@ def test_defaults_are_the_authors():
     assert (config.gamma, config.delta, config.epsilon) == (official["gamma"], official["delta"], official["epsilon"])
     assert config.ema_decay == official["ema_decay_old_weight"] == 0.25
     assert config.global_decay == official["global_decay"] == 0.99
-    assert config.edit_steps == official["edit_steps"] == INPUTS["num_edit_steps"] == 25
+    assert config.edited_steps(official["steps"]) == official["edit_steps"] == INPUTS["num_edit_steps"] == 25
     assert [config.total_share(count) for count in range(1, 7)] == [min(1.0, 0.2 * count) for count in range(1, 7)]
     assert config.mode == "default"
 

@@ -1,4 +1,5 @@
-"""Tiny random-weight SD1.x, SD2.x (v-prediction) and SDXL models built with the host's own classes.
+"""Tiny random-weight SD1.x, SD2.x (v-prediction) and SDXL models (and, for them, a ControlNet and a GLIGEN model)
+built with the host's own classes.
 
 The UNets keep the real block layout of their family (so the real layer keys, depths and down-sampling levels
 hold, e.g. SD1.x cross-attention at ``input 7, 8`` / ``output 3, 4, 5`` on the latent/4 level) with 32 base
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import comfy.cldm.cldm
+import comfy.controlnet
+import comfy.gligen
+import comfy.ldm.modules.attention
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -184,3 +189,37 @@ def tiny_checkpoint(family: str) -> TinyCheckpoint:
         clip = tiny_clip(family, Path(config_directory))  # the encoders read their configs while being built
         vae = tiny_vae(generator)
     return TinyCheckpoint(family, model, clip, vae)
+
+
+def tiny_controlnet(family: str = "sd1") -> Any:
+    """A CONTROL_NET for the tiny ``family`` model, as ``ControlNetLoader`` returns it: the host's ControlNet UNet
+    (same layout, 3-channel hint) with random weights, its output convolutions included (a trained ControlNet's are
+    not zero either), built under ``torch.inference_mode()`` as the host loads one."""
+    config, _ = _unet_config(family)
+    unet_config = {key: value for key, value in config.unet_config.items() if key != "out_channels"}
+    generator = torch.Generator().manual_seed(SEED + 2)
+    with torch.inference_mode():
+        control_model = comfy.cldm.cldm.ControlNet(**unet_config, hint_channels=3, dtype=torch.float32,
+                                                   device=torch.device("cpu"))
+        _randomize(control_model, generator)
+    return comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device())
+
+
+def tiny_gligen(model: Any) -> Any:
+    """A GLIGEN model for the tiny ``model`` (a MODEL), as ``GLIGENLoader`` returns it: the host's Gligen with a gated
+    self-attention fuser per SpatialTransformer of the UNet (in the order the UNet counts them) and a position net
+    over the tiny CLIP's pooled output, random weights and open gates (a trained model's are not closed either)."""
+    unet = model.model.diffusion_model
+    blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+    widths = [layer.transformer_blocks[0].norm1.normalized_shape[0] for block in blocks for layer in block
+              if isinstance(layer, comfy.ldm.modules.attention.SpatialTransformer)]
+    generator = torch.Generator().manual_seed(SEED + 3)
+    with torch.inference_mode():
+        fusers = [comfy.gligen.GatedSelfAttentionDense(width, CONTEXT_DIM, width // 16, 16) for width in widths]
+        gligen = comfy.gligen.Gligen(fusers, comfy.gligen.PositionNet(CONTEXT_DIM, CONTEXT_DIM), CONTEXT_DIM)
+        _randomize(gligen, generator)
+        for name, parameter in gligen.named_parameters():
+            if name.endswith(("alpha_attn", "alpha_dense")):
+                parameter.fill_(1.0)
+    return comfy.model_patcher.ModelPatcher(gligen, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
