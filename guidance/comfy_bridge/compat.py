@@ -100,6 +100,28 @@ class NoiseLevelRuns:
         return len(self._seen) - 1
 
 
+_NODES_WITH_TEXT: set[str] = set()
+
+
+def show_on_node(node_id: str | None, text: str) -> bool:
+    """Shows ``text`` under the node ``node_id`` in the page (the host's progress text, which the current frontend
+    draws on the node); an empty ``text`` blanks what an earlier run showed there. False where it cannot: no node id,
+    no running server, or the 2024 host, which has no such message (the caller's log line is then the only trace)."""
+    import server
+
+    send = getattr(getattr(server.PromptServer, "instance", None), "send_progress_text", None)
+    if node_id is None or send is None:
+        return False
+    if text:
+        _NODES_WITH_TEXT.add(node_id)
+    elif node_id in _NODES_WITH_TEXT:
+        text = " "  # the frontend ignores empty texts
+    else:
+        return True
+    send(text, node_id)
+    return True
+
+
 def is_flow_model(base_model: Any) -> bool:
     """Whether the model samples as a flow (ComfyUI's CONST: FLUX, SD3, ...); the 2024 host has no flow models."""
     flow = getattr(comfy.model_sampling, "CONST", None)
