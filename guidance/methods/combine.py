@@ -1,6 +1,8 @@
 """Two guidances as one: their terms run together in one engine pass, each keeping its weight and schedule."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..engine.spec import GuidanceSpec
 from ..subjects.tokens import SubjectTokens
 
@@ -33,5 +35,5 @@ def combine(a: GuidanceSpec, b: GuidanceSpec) -> GuidanceSpec:
 def _merged_tokens(a: SubjectTokens, b: SubjectTokens) -> SubjectTokens:
     known = set(a.subject_positions)
     extra = tuple(subject for subject in b.subjects if subject.word.positions not in known)
-    return SubjectTokens(a.prompt, a.pieces, a.subjects + extra, a.auto_picked and b.auto_picked)
+    return replace(a, subjects=a.subjects + extra, auto_picked=a.auto_picked and b.auto_picked)
 
