@@ -8,7 +8,7 @@ from ..guidance.regulation import RegulationConfig
 from ..guidance.regulation.config import MODES
 from ..guidance.regulation.run import RegulationSpec
 from ..guidance.subjects.tokens import SubjectTokens
-from .common import CATEGORY, TOKENS_TYPE, NodeInputError
+from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError
 
 PAPER = RegulationConfig()
 
@@ -21,7 +21,7 @@ class AttentionRegulation:
         "step so that each subject reaches a strong peak and an equal share of attention. No gradient flows "
         "through the UNet and the latent is not changed directly. Connect the output to the stock KSampler or any "
         "sampler node. Needs images of about 512x512 px or more (SD1.x/SD2.x) so that those layers' maps are at "
-        "least 16x16; below that it does nothing and says so in the log."
+        "least 16x16; below that it does nothing and says so on this node and in the log."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
@@ -50,21 +50,26 @@ class AttentionRegulation:
                 }),
                 "mode": (list(MODES), {
                     "default": PAPER.mode,
-                    "tooltip": "default: edited attention rows sum to 1 and every image of a batch gets its own "
-                               "bias. reference: exactly as the authors coded it (start and end token attention "
-                               "restored after the edit, fp16 rounding, one best iterate per batch).",
+                    "tooltip": "default (the pack's choice, not the authors' code): edited attention rows are a "
+                               "plain softmax summing to 1, as the paper writes it, logits stay fp32, and every "
+                               "image of a batch gets its own bias. reference: exactly as the authors coded it "
+                               "(start and end token attention written back after the edit, so rows sum to more "
+                               "than 1; fp16 rounding; one best iterate per batch). Both run the same bias search "
+                               "with the same targets.",
                 }),
-            }
+            },
+            "hidden": UNIQUE_ID,
         }
 
-    def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str) -> tuple[Any]:
+    def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str,
+              unique_id: str | None = None) -> tuple[Any]:
         config = RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps)
         try:
             spec = RegulationSpec.from_tokens(tokens, config)
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", str(error)) from error
         try:
-            return (with_regulation(model, spec),)
+            return (with_regulation(model, spec, node_id=unique_id),)
         except UnsupportedModelError as error:
             raise NodeInputError(self.DISPLAY_NAME, "model", str(error)) from error
 
