@@ -70,6 +70,38 @@ def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_opti
     return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], **options)
 
 
+NOT_DIFFERENTIABLE_FIX = ("sub-quadratic attention cannot be differentiated when memory is short; start ComfyUI with "
+                          "--use-pytorch-cross-attention or --use-split-cross-attention")
+
+
+def with_differentiable_attention(model_options: dict) -> dict:
+    """Copy-on-write ``model_options`` for a guidance pass whose every attention call can be differentiated.
+
+    The host's sub-quadratic attention (its choice on CPU and wherever PyTorch attention is off) splits the keys
+    into chunks when memory is short, and then exponentiates in place, which autograd refuses. In guidance passes
+    the current host's attention override sends its calls to the host's PyTorch attention instead (same values;
+    an override already set, e.g. by another pack, still applies, with that function). The 2024 host has no such
+    override: options are returned as they are, and the guidance reports :data:`NOT_DIFFERENTIABLE_FIX`.
+    """
+    if not HAS_ATTENTION_OVERRIDE:  # 2024 host
+        return model_options
+    transformer_options = dict(model_options.get("transformer_options", {}))
+    previous = transformer_options.get("optimized_attention_override")
+
+    def differentiable(function: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if function is comfy_attention.attention_sub_quad.__wrapped__:  # the host passes the undecorated function
+            function = comfy_attention.attention_pytorch.__wrapped__
+        return previous(function, *args, **kwargs) if previous is not None else function(*args, **kwargs)
+
+    transformer_options["optimized_attention_override"] = differentiable
+    return {**model_options, "transformer_options": transformer_options}
+
+
+def is_not_differentiable(error: RuntimeError) -> bool:
+    """Whether ``error`` is autograd refusing the host's in-place chunked attention (2024 host)."""
+    return "don't support automatic differentiation" in str(error)
+
+
 class NoiseLevelRuns:
     """Attention Regulation's runs on the 2024 host, which has no per-run hook and does not report steps to models.
 

@@ -17,7 +17,14 @@ from ..engine.spec import GuidanceSpec, LevelMaps
 from ..engine.steps import StepClock
 from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
-from .compat import conditional_forward, is_flow_model, positive_conds
+from .compat import (
+    NOT_DIFFERENTIABLE_FIX,
+    conditional_forward,
+    is_flow_model,
+    is_not_differentiable,
+    positive_conds,
+    with_differentiable_attention,
+)
 from .host_weights import make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
 from .sites import attention_sites, guidance_sites
@@ -82,8 +89,8 @@ class SamplingRun:
         layer_calls = sum(site.depth for site in guided_sites)
         self._guidance_store = AttentionStore(token_count, guidance_pass=True, expected_rows=None)
         self._expected_rows_per_image = layer_calls if early_stop else None
-        self._guidance_options = options_with_store(options_with_recorder(model_options, guided_sites),
-                                                    self._guidance_store)
+        self._guidance_options = with_differentiable_attention(
+            options_with_store(options_with_recorder(model_options, guided_sites), self._guidance_store))
 
     def guidance_forward(self, sigma: torch.Tensor) -> Forward:
         """The guidance pass at noise level ``sigma`` (``[1]``): the positive prompt alone, stopped once every
@@ -101,6 +108,10 @@ class SamplingRun:
                                         self._guidance_options)
                 except ForwardComplete:
                     pass
+                except RuntimeError as error:
+                    if is_not_differentiable(error):
+                        raise RuntimeError(f"attention guidance: this ComfyUI's {NOT_DIFFERENTIABLE_FIX}") from error
+                    raise
             return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
 
         return forward
