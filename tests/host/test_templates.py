@@ -40,7 +40,8 @@ def server(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     if not (HOST / "app" / "custom_node_manager.py").is_file():
-        pytest.skip("this host lists no workflow templates of custom node folders (it has no app/custom_node_manager.py)")
+        pytest.skip("this host lists no workflow templates of custom node folders (it has no "
+                    "app/custom_node_manager.py)")
     with ComfyServer(HOST, tmp_path_factory.mktemp("templates_server")) as running:
         yield running
 

@@ -107,8 +107,8 @@ def test_the_error_dialog_names_the_packs_error_type(tmp_path):
 
 @pytest.mark.parametrize("boxes,message", [
     ("-0.1,0.1,0.4,0.5; 0.55,0.3,0.4,0.6", r"input 'boxes': box 1 .* leaves the image: x = -0.1 is below 0"),
-    ("0.05,0.1,0.45,0.6; 0.55,0.3,0.95,0.9", r"input 'boxes': box 2 .* x \+ w = 1.5 is above 1, y \+ h = 1.2 is above 1; "
-                                             r"boxes are x,y,w,h "
+    ("0.05,0.1,0.45,0.6; 0.55,0.3,0.95,0.9", r"input 'boxes': box 2 .* x \+ w = 1.5 is above 1, "
+                                             r"y \+ h = 1.2 is above 1; boxes are x,y,w,h "
                                              r".* if you meant corners, write 0.55,0.3,0.4,0.6"),
 ])
 def test_box_mistakes_are_reported_against_the_boxes(tiny, boxes, message):

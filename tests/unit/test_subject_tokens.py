@@ -33,7 +33,8 @@ def test_byte_level_pieces_decode_to_the_typed_text():
 
 def test_accented_words_and_emoji_are_subjects():
     mapped = map_subjects("a café and a naïve cat 🐱", ACCENTED, "café, naïve cat, 🐱")
-    assert [(s.word.text, s.word.positions) for s in mapped.subjects] == [("café", (2,)), ("cat", (8,)), ("🐱", (9,))]
+    assert [(s.word.text, s.word.positions) for s in mapped.subjects] == [
+        ("café", (2,)), ("cat", (8,)), ("🐱", (9,))]
     assert [(a.text, a.positions) for a in mapped.subjects[1].attributes] == [("naïve", (5, 6, 7))]
     with pytest.raises(SubjectTokenError, match=r"café \(2\), and \(3\), a \(4\), naïve \(5, 6, 7\)"):
         map_subjects("a café and a naïve cat 🐱", ACCENTED, "dog")
