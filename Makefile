@@ -38,11 +38,13 @@ bench: env
 node-reference: env
 	$(PY) tools/node_reference.py
 
-# docs/screenshots: every workflow in the first host's web page (the browser test, its screenshots kept).
+# docs/screenshots: every workflow in the first host's web page (the browser test, its screenshots kept), and from
+# them the workflow templates' thumbnails (workflows/<name>.jpg).
 screenshots: env $(CHROMIUM)
 	cd tests && AG_SCREENSHOTS=$(CURDIR)/docs/screenshots \
 	  AG_TEST_HOST="$$(../$(PY) -c 'from devkit import hosts; print(hosts.discover()[0].path)')" \
 	  ../$(PY) -m pytest host/test_frontend.py -q -k shipped_workflow_loads
+	$(PY) tools/thumbnails.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

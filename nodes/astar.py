@@ -9,7 +9,7 @@ from ..guidance.losses.astar import AStarConfig, Binarisation, Preprocessing
 from ..guidance.methods.astar import astar, paper_schedule
 from ..guidance.subjects.layout import SubjectLayout
 from ..guidance.subjects.tokens import SubjectTokens
-from .common import LAYOUT_TYPE, TOKENS_TYPE, GuidanceNode, NodeInputError
+from .common import LAYOUT_TYPE, TOKENS_TYPE, UNIQUE_ID, GuidanceNode, NodeInputError, warn_on_node
 from .schedule_inputs import build_schedule, schedule_inputs
 
 _SCHEDULE_INPUTS = ("step_size", "guided_percent")  # A-STAR has no refinement criterion
@@ -50,16 +50,23 @@ class AStar(GuidanceNode):
                                                     "made from the same tokens. Subjects whose mask covers the "
                                                     "whole image keep their own region. Not connected: no layout."}),
             },
+            "hidden": UNIQUE_ID,
         }
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, binarisation: str,
-              preprocessing: str, weight: float, layout: SubjectLayout | None = None) -> tuple[GuidanceSpec]:
+              preprocessing: str, weight: float, layout: SubjectLayout | None = None, unique_id: str | None = None
+              ) -> dict:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, "", "", 0)
         config = AStarConfig(preprocessing=preprocessing, binarisation=binarisation)
         try:
-            return (astar(tokens, schedule, config, layout, weight),)
+            spec = astar(tokens, schedule, config, layout, weight)
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "layout", str(error)) from error
+        warnings = []
+        if len(tokens.subjects) == 1:
+            warnings.append(f"one subject ({tokens.labels[0]}): segregation keeps two or more subjects apart, so "
+                            "only retention acts; name every subject of the prompt in the subjects input")
+        return {"ui": warn_on_node(self.DISPLAY_NAME, unique_id, warnings), "result": (spec,)}
 
 
 NODE_CLASS_MAPPINGS = {"AG_AStar": AStar}

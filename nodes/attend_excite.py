@@ -5,9 +5,11 @@ from ..guidance.engine.schedule import GuidanceSchedule
 from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.losses.attend_excite import AttendExciteConfig
 from ..guidance.methods.attend_excite import attend_and_excite
-from ..guidance.subjects.tokens import SubjectTokens
-from .common import TOKENS_TYPE, GuidanceNode
+from ..guidance.subjects.tokens import OPEN_CLIP_H, SubjectTokens
+from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
 from .schedule_inputs import build_schedule, schedule_inputs
+
+NORMALIZE_EOT = ("auto", "on", "off")
 
 
 class AttendAndExcite(GuidanceNode):
@@ -26,17 +28,21 @@ class AttendAndExcite(GuidanceNode):
                           "Smooth each map with the paper's 3x3 Gaussian before taking its maximum (paper: on)."}),
             "smoothing_sigma": ("FLOAT", {"default": config.sigma, "min": 0.05, "max": 5.0, "step": 0.05, "tooltip":
                                 "Sigma of the smoothing as the authors' code defines it (paper: 0.5)."}),
-            "normalize_eot": ("BOOLEAN", {"default": config.normalize_eot, "tooltip":
-                              "Compare subjects against the prompt's words only, ignoring end and padding tokens "
-                              "(the authors use this for SD 2.1)."}),
+            "normalize_eot": (list(NORMALIZE_EOT), {"default": "auto", "tooltip":
+                              "Compare subjects against the prompt's words only, ignoring end and padding tokens, as "
+                              "the authors do for SD 2.1. auto: on for SD2.x (detected from the CLIP that made the "
+                              "tokens, SD2.x's OpenCLIP ViT-H), off for the others."}),
         }}
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, refinement_percents: str,
               refinement_thresholds: str, max_refinement_steps: int, smoothing: bool, smoothing_sigma: float,
-              normalize_eot: bool) -> tuple[GuidanceSpec]:
+              normalize_eot: str) -> tuple[GuidanceSpec]:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, refinement_percents,
                                   refinement_thresholds, max_refinement_steps)
-        config = AttendExciteConfig(smooth_attentions=smoothing, sigma=smoothing_sigma, normalize_eot=normalize_eot)
+        if normalize_eot not in NORMALIZE_EOT:
+            raise NodeInputError(self.DISPLAY_NAME, "normalize_eot", f"choose one of {', '.join(NORMALIZE_EOT)}")
+        word_tokens_only = tokens.encoder == OPEN_CLIP_H if normalize_eot == "auto" else normalize_eot == "on"
+        config = AttendExciteConfig(smooth_attentions=smoothing, sigma=smoothing_sigma, normalize_eot=word_tokens_only)
         return (attend_and_excite(tokens, schedule, config),)
 
 

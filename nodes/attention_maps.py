@@ -10,11 +10,11 @@ from safetensors.torch import save_file
 import nodes as comfy_nodes
 
 from ..guidance.engine.spec import GuidanceSpec
-from ..guidance.inspection.figures import ARRANGEMENTS, FigureOptions, attention_figures
+from ..guidance.inspection.figures import ARRANGEMENTS, MAX_SIDE, FigureOptions, attention_figures, figure_tile
 from ..guidance.inspection.history import AttentionHistory, history_tensors
 from ..guidance.inspection.viz import COLOR_MAPS, NORMALIZATIONS, STEP_CHOICES, select_steps
 from ..guidance.subjects.tokens import SubjectTokens
-from .common import ATTENTION_TYPE, CATEGORY, TOKENS_TYPE, GuidanceNode, NodeInputError
+from .common import ATTENTION_TYPE, CATEGORY, TOKENS_TYPE, UNIQUE_ID, GuidanceNode, NodeInputError, warn_on_node
 
 ATTENTION_TOOLTIP = "The attention maps from a Guided KSampler's attention output."
 
@@ -73,30 +73,39 @@ class VisualizeAttention:
                 "opacity": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
                             "Heatmap opacity over the image input (1: heatmap only). Unused without an image."}),
                 "tile_size": ("INT", {"default": 256, "min": 32, "max": 2048, "step": 8, "tooltip":
-                              "Longest side of each map in the picture, in px."}),
+                              f"Longest side of each map in the picture, in px. A picture is at most {MAX_SIDE} px "
+                              "a side: with many steps or subjects the maps are drawn smaller (the node says so)."}),
             },
             "optional": {
                 "image": ("IMAGE", {"tooltip": "The decoded images of the same run, to draw the maps over them "
                                                "(one per batch image, or one for all)."}),
             },
+            "hidden": UNIQUE_ID,
         }
 
     def draw(self, attention: AttentionHistory, which_steps: str, every: int, step_list: str, layout: str,
-             color_map: str, normalization: str, opacity: float, tile_size: int, image: torch.Tensor | None = None
-             ) -> dict:
+             color_map: str, normalization: str, opacity: float, tile_size: int, image: torch.Tensor | None = None,
+             unique_id: str | None = None) -> dict:
+        steps_input = {"list": "step_list", "every k-th": "every"}.get(which_steps, "which_steps")
         try:
             indices = select_steps(attention.steps, which_steps, every, step_list)
         except ValueError as error:
-            raise NodeInputError(self.DISPLAY_NAME, {"list": "step_list", "every k-th": "every"}.get(
-                which_steps, "which_steps"), str(error)) from error
+            raise NodeInputError(self.DISPLAY_NAME, steps_input, str(error)) from error
         options = FigureOptions(layout, color_map, normalization, tile_size, opacity)
+        try:
+            tile = figure_tile(attention, indices, options, image)
+        except ValueError as error:
+            raise NodeInputError(self.DISPLAY_NAME, steps_input, str(error)) from error
+        warnings = [] if tile == tile_size else [
+            f"maps drawn at {tile} px instead of tile_size {tile_size}, so that the picture stays within "
+            f"{MAX_SIDE} px a side; show fewer steps for larger maps"]
         try:
             figures = attention_figures(attention, indices, options, image)
         except ValueError as error:
             culprit = "image" if image is not None else "attention"
             raise NodeInputError(self.DISPLAY_NAME, culprit, str(error)) from error
         preview = comfy_nodes.PreviewImage().save_images(figures, "AG_attention")
-        return {"ui": preview["ui"], "result": (figures,)}
+        return {"ui": {**preview["ui"], **warn_on_node(self.DISPLAY_NAME, unique_id, warnings)}, "result": (figures,)}
 
 
 class SaveAttention:

@@ -11,7 +11,8 @@ class CombineGuidance:
     DESCRIPTION = ("Runs two guidances together (e.g. Attend-and-Excite and Divide & Bind): both losses steer the "
                    "same latent, each with its own weight, guided steps, step size and refinement points, as if "
                    "each guided alone. A step is guided when either guidance guides it; at a refinement point "
-                   "the latent is refined until the guidance that set the point meets its threshold. Chain "
+                   "the latent is refined until the guidance that set the point meets its threshold or has made "
+                   "its own most updates (each guidance keeps its own cap). Chain "
                    "several Combine nodes for more. Both must come from the same prompt.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (GUIDANCE_TYPE,)

@@ -76,12 +76,14 @@ class BoxLayout:
             "tokens": (TOKENS_TYPE, {"tooltip": TOKENS_TOOLTIP}),
             "boxes": ("STRING", {"default": "0.05,0.1,0.4,0.5; 0.55,0.3,0.4,0.6", "tooltip":
                       "One box per subject, in subject order, separated by ';': x,y,w,h as fractions of the image "
-                      "(x, y: left and top edge; w, h: width and height; 0,0,1,1 = the whole image = anywhere)."}),
+                      "(x, y: left and top edge; w, h: width and height, not the right and bottom edges; 0,0,1,1 = "
+                      "the whole image = anywhere)."}),
             "width": ("INT", {"default": 512, **size, "tooltip":
-                      "Width of the mask output in pixels; use the image's. The layout itself follows the image "
-                      "whatever its size."}),
+                      "The image's width in pixels (the mask output's too). The boxes follow the image at any size "
+                      "of the same aspect ratio; sampling an image of another aspect ratio is an error rather than "
+                      "stretched boxes."}),
             "height": ("INT", {"default": 512, **size, "tooltip":
-                       "Height of the mask output in pixels; use the image's."}),
+                       "The image's height in pixels (the mask output's too)."}),
         }}
 
     def build(self, tokens: SubjectTokens, boxes: str, width: int, height: int) -> tuple[SubjectLayout, Any]:
@@ -91,7 +93,7 @@ class BoxLayout:
                 raise ValueError(f"{len(parsed)} boxes for {len(tokens.subjects)} subjects "
                                  f"({', '.join(tokens.labels)}); give one box per subject, in subject order")
             masks = box_masks(parsed, width, height)
-            return SubjectLayout(masks[None], tokens.labels), masks
+            return SubjectLayout(masks[None], tokens.labels, (width, height)), masks
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "boxes", str(error)) from error
 

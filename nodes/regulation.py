@@ -8,7 +8,7 @@ from ..guidance.regulation import RegulationConfig
 from ..guidance.regulation.config import MODES
 from ..guidance.regulation.run import RegulationSpec
 from ..guidance.subjects.tokens import SubjectTokens
-from .common import CATEGORY, TOKENS_TYPE, NodeInputError
+from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError
 
 PAPER = RegulationConfig()
 
@@ -21,7 +21,7 @@ class AttentionRegulation:
         "step so that each subject reaches a strong peak and an equal share of attention. No gradient flows "
         "through the UNet and the latent is not changed directly. Connect the output to the stock KSampler or any "
         "sampler node. Needs images of about 512x512 px or more (SD1.x/SD2.x) so that those layers' maps are at "
-        "least 16x16; below that it does nothing and says so in the log."
+        "least 16x16; below that it does nothing and says so on this node and in the log."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
@@ -36,12 +36,12 @@ class AttentionRegulation:
             "tooltip": "Edit the first this many percent of the sampling steps, as the other methods' guided "
                        "percentages (50 at 20 steps: the first 10). 0 turns regulation off (the model samples exactly "
                        f"as without this node). Paper: 25 of 50 steps, {PAPER.edit_percent:g} %.",
-        }), **_settings()}}
+        }), **_settings()}, "hidden": UNIQUE_ID}
 
-    def apply(self, model: Any, tokens: SubjectTokens, edit_percent: float, iterations: int, mode: str
-              ) -> tuple[Any]:
+    def apply(self, model: Any, tokens: SubjectTokens, edit_percent: float, iterations: int, mode: str,
+              unique_id: str | None = None) -> tuple[Any]:
         return (_regulated(self.DISPLAY_NAME, model, tokens,
-                           RegulationConfig(mode=mode, iterations=iterations, edit_percent=edit_percent)),)
+                           RegulationConfig(mode=mode, iterations=iterations, edit_percent=edit_percent), unique_id),)
 
 
 class AttentionRegulationSteps:
@@ -65,11 +65,12 @@ class AttentionRegulationSteps:
             "default": 25, "min": 0, "max": 10000,
             "tooltip": "How many of the first sampling steps are edited, at any step count (Attention Regulation's "
                        "edit_percent scales with the steps instead). 0 turns regulation off.",
-        }), **_settings()}}
+        }), **_settings()}, "hidden": UNIQUE_ID}
 
-    def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str) -> tuple[Any]:
+    def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str,
+              unique_id: str | None = None) -> tuple[Any]:
         return (_regulated(self.DISPLAY_NAME, model, tokens,
-                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps)),)
+                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps), unique_id),)
 
 
 def _model_and_tokens() -> dict:
@@ -91,20 +92,22 @@ def _settings() -> dict:
         }),
         "mode": (list(MODES), {
             "default": PAPER.mode,
-            "tooltip": "default: edited attention rows sum to 1 and every image of a batch gets its own "
-                       "bias. reference: exactly as the authors coded it (start and end token attention "
-                       "restored after the edit, fp16 rounding, one best iterate per batch).",
+            "tooltip": "default (the pack's choice, not the authors' code): edited attention rows are a plain "
+                       "softmax summing to 1, as the paper writes it, logits stay fp32, and every image of a batch "
+                       "gets its own bias. reference: exactly as the authors coded it (start and end token attention "
+                       "written back after the edit, so rows sum to more than 1; fp16 rounding; one best iterate per "
+                       "batch). Both run the same bias search with the same targets.",
         }),
     }
 
 
-def _regulated(node: str, model: Any, tokens: SubjectTokens, config: RegulationConfig) -> Any:
+def _regulated(node: str, model: Any, tokens: SubjectTokens, config: RegulationConfig, node_id: str | None) -> Any:
     try:
         spec = RegulationSpec.from_tokens(tokens, config)
     except ValueError as error:
         raise NodeInputError(node, "tokens", str(error)) from error
     try:
-        return with_regulation(model, spec)
+        return with_regulation(model, spec, node_id=node_id)
     except UnsupportedModelError as error:
         raise NodeInputError(node, "model", str(error)) from error
 

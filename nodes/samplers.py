@@ -11,6 +11,8 @@ from ..guidance.comfy_bridge import (
     GuidanceUnavailableError,
     PromptMismatchError,
     SubjectEntryError,
+    UnsupportedModelError,
+    guidance_sites,
     guided_ksample,
     guided_sampler,
     with_guidance,
@@ -20,6 +22,14 @@ from ..guidance.inspection.history import subject_history
 from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, NodeInputError
 
 GUIDANCE_TOOLTIP = "What to steer and when: from Attend-and-Excite (or another guidance node)."
+
+
+def _check_model(node: str, model: Any) -> None:
+    """Refuses a model the guidance cannot read before any sampling work is done."""
+    try:
+        guidance_sites(model)
+    except UnsupportedModelError as error:
+        raise NodeInputError(node, "model", str(error)) from error
 
 
 class GuidedKSampler:
@@ -41,6 +51,7 @@ class GuidedKSampler:
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                positive: list, negative: list, latent_image: dict, denoise: float, guidance: GuidanceSpec
                ) -> tuple[dict, Any]:
+        _check_model(self.DISPLAY_NAME, model)
         try:
             latent, steps_maps = guided_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise, guidance)
@@ -93,6 +104,7 @@ class ApplyGuidance:
         }}
 
     def apply(self, model: Any, guidance: GuidanceSpec) -> tuple[Any]:
+        _check_model(self.DISPLAY_NAME, model)
         try:
             return (with_guidance(model, guidance),)
         except GuidanceUnavailableError as error:

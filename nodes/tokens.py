@@ -9,27 +9,32 @@ import nodes as comfy_nodes
 
 from ..guidance.comfy_bridge import prompt_tokens
 from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens, map_subjects
-from .common import CATEGORY, TOKENS_TYPE, NodeInputError
+from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError, warn_on_node
 
 logger = logging.getLogger("attention_guidance")
 
 SUBJECTS_TOOLTIP = (
     "Comma-separated phrases from the prompt. In each phrase the last word is the subject, the words before it are "
     "its attributes: 'red apple, blue car'. Write 'cat#2' for the second 'cat'. Leave empty to pick the subjects "
-    "automatically (the picks are shown on the node and in the log)."
+    "automatically: the last noun-like word of each phrase, passing over style, quality and describing words and "
+    "numbers (the picks, and what was passed over, are shown on the node and in the log)."
 )
 TEXT_TOOLTIP = "The prompt, exactly as for CLIP Text Encode (weights like (red apple:1.2) and embeddings work)."
 
 
-def _subject_tokens(node: str, clip: Any, text: str, subjects: str, conditioning: list) -> SubjectTokens:
+def _subject_tokens(node: str, clip: Any, text: str, subjects: str, conditioning: list, node_id: str | None
+                    ) -> tuple[SubjectTokens, dict]:
     """The subjects' tokens, carrying the prompt's encoding (``conditioning``, CLIP Text Encode's output for
-    ``text``) so that the samplers can tell whether they sample that prompt."""
+    ``text``) so that the samplers can tell whether they sample that prompt, and the node's ``ui`` text; automatic
+    picks and warnings are shown on the node."""
     try:
         tokens = map_subjects(text, prompt_tokens(clip, text), subjects)
     except SubjectTokenError as error:
         raise NodeInputError(node, "subjects", str(error)) from error
     logger.info("%s: %s", node, tokens.describe())
-    return replace(tokens, encoding=conditioning[0][0][0])
+    warn_on_node(node, node_id, tokens.warnings(), notes=tokens.describe() if tokens.auto_picked else "")
+    shown = {"text": ["\n".join([tokens.describe(), *(f"Warning: {w}" for w in tokens.warnings())])]}
+    return replace(tokens, encoding=conditioning[0][0][0]), shown
 
 
 def _inputs() -> dict:
@@ -38,7 +43,8 @@ def _inputs() -> dict:
             "clip": ("CLIP", {"tooltip": "The CLIP model of the checkpoint that samples."}),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": TEXT_TOOLTIP}),
             "subjects": ("STRING", {"default": "", "tooltip": SUBJECTS_TOOLTIP}),
-        }
+        },
+        "hidden": UNIQUE_ID,
     }
 
 
@@ -57,10 +63,10 @@ class TextEncodeWithTokens:
     def INPUT_TYPES(cls) -> dict:
         return _inputs()
 
-    def encode(self, clip: Any, text: str, subjects: str) -> dict:
+    def encode(self, clip: Any, text: str, subjects: str, unique_id: str | None = None) -> dict:
         conditioning = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
-        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects, conditioning)
-        return {"ui": {"text": [tokens.describe()]}, "result": (conditioning, tokens)}
+        tokens, shown = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects, conditioning, unique_id)
+        return {"ui": shown, "result": (conditioning, tokens)}
 
 
 class TokenPicker:
@@ -77,10 +83,10 @@ class TokenPicker:
     def INPUT_TYPES(cls) -> dict:
         return _inputs()
 
-    def pick(self, clip: Any, text: str, subjects: str) -> dict:
+    def pick(self, clip: Any, text: str, subjects: str, unique_id: str | None = None) -> dict:
         conditioning = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
-        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects, conditioning)
-        return {"ui": {"text": [tokens.describe()]}, "result": (tokens,)}
+        tokens, shown = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects, conditioning, unique_id)
+        return {"ui": shown, "result": (tokens,)}
 
 
 NODE_CLASS_MAPPINGS = {"AG_TextEncodeWithTokens": TextEncodeWithTokens, "AG_TokenPicker": TokenPicker}

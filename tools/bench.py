@@ -235,7 +235,8 @@ def guidance_with_defaults(node_class: type, tokens: Any, **overrides: Any) -> A
     """The node's AG_GUIDANCE for ``tokens`` with its default settings, the ``overrides`` it has applied."""
     defaults = node_defaults(node_class)
     settings = {**defaults, **{name: value for name, value in overrides.items() if name in defaults}}
-    return getattr(node_class(), node_class.FUNCTION)(tokens=tokens, **settings)[0]
+    output = getattr(node_class(), node_class.FUNCTION)(tokens=tokens, **settings)
+    return (output["result"] if isinstance(output, dict) else output)[0]  # nodes that warn return a ui as well
 
 
 def run_case(case: Case) -> dict:

@@ -47,7 +47,7 @@ def main() -> None:
     images, timings = {}, {}
     recording_only = node["AG_RecordAttention"]().build(tokens)[0]
     attend_and_excite = node["AG_AttendAndExcite"]().build(tokens, 20.0, 50.0, "0, 20, 40", "0.05, 0.5, 0.8",
-                                                           MAX_REFINEMENT_STEPS, True, 0.5, False)[0]
+                                                           MAX_REFINEMENT_STEPS, True, 0.5, "auto")[0]
     for name, guidance in (("unguided", recording_only), ("guided", attend_and_excite)):
         run_start = time.perf_counter()
         with torch.inference_mode():

@@ -80,6 +80,38 @@ def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_opti
     return comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"], **options)
 
 
+NOT_DIFFERENTIABLE_FIX = ("sub-quadratic attention cannot be differentiated when memory is short; start ComfyUI with "
+                          "--use-pytorch-cross-attention or --use-split-cross-attention")
+
+
+def with_differentiable_attention(model_options: dict) -> dict:
+    """Copy-on-write ``model_options`` for a guidance pass whose every attention call can be differentiated.
+
+    The host's sub-quadratic attention (its choice on CPU and wherever PyTorch attention is off) splits the keys
+    into chunks when memory is short, and then exponentiates in place, which autograd refuses. In guidance passes
+    the current host's attention override sends its calls to the host's PyTorch attention instead (same values;
+    an override already set, e.g. by another pack, still applies, with that function). The 2024 host has no such
+    override: options are returned as they are, and the guidance reports :data:`NOT_DIFFERENTIABLE_FIX`.
+    """
+    if not HAS_ATTENTION_OVERRIDE:  # 2024 host
+        return model_options
+    transformer_options = dict(model_options.get("transformer_options", {}))
+    previous = transformer_options.get("optimized_attention_override")
+
+    def differentiable(function: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if function is comfy_attention.attention_sub_quad.__wrapped__:  # the host passes the undecorated function
+            function = comfy_attention.attention_pytorch.__wrapped__
+        return previous(function, *args, **kwargs) if previous is not None else function(*args, **kwargs)
+
+    transformer_options["optimized_attention_override"] = differentiable
+    return {**model_options, "transformer_options": transformer_options}
+
+
+def is_not_differentiable(error: RuntimeError) -> bool:
+    """Whether ``error`` is autograd refusing the host's in-place chunked attention (2024 host)."""
+    return "don't support automatic differentiation" in str(error)
+
+
 class NoiseLevelRuns:
     """Attention Regulation's runs on the 2024 host, which has no per-run hook and does not report steps to models.
 
@@ -121,6 +153,28 @@ class NoiseLevelRuns:
         if self._edit_steps is not None:
             return self._step_of(sigma) < self._edit_steps
         return sigma > self._edit_above * (1 + _SIGMA_TOLERANCE)
+
+
+_NODES_WITH_TEXT: set[str] = set()
+
+
+def show_on_node(node_id: str | None, text: str) -> bool:
+    """Shows ``text`` under the node ``node_id`` in the page (the host's progress text, which the current frontend
+    draws on the node); an empty ``text`` blanks what an earlier run showed there. False where it cannot: no node id,
+    no running server, or the 2024 host, which has no such message (the caller's log line is then the only trace)."""
+    import server
+
+    send = getattr(getattr(server.PromptServer, "instance", None), "send_progress_text", None)
+    if node_id is None or send is None:
+        return False
+    if text:
+        _NODES_WITH_TEXT.add(node_id)
+    elif node_id in _NODES_WITH_TEXT:
+        text = " "  # the frontend ignores empty texts
+    else:
+        return True
+    send(text, node_id)
+    return True
 
 
 def is_flow_model(base_model: Any) -> bool:

@@ -5,6 +5,7 @@ a :class:`~..regulation.run.RegulationRun` in the sampling run's transformer opt
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..capture.sites import AttentionSite, map_size
 from ..engine.steps import StepClock
 from ..regulation import initial_weights, regulate, supports_map
 from ..regulation.run import RegulationEvent, RegulationRun, RegulationSpec
-from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP, entry_uuid
+from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP, entry_uuid, show_on_node
 from .conditioning import TOKENS_HINT, PromptMismatchError, subject_entries
 from .patches import entry_chunks, layer_output, with_attn2_patches
 from .sampling import step_clock
@@ -102,7 +103,8 @@ class RegulationPatch:
         logits = attention_logits(q, k, heads)
         images, targets, layer = q.shape[0], self.spec.targets, key[0]
         initial = torch.cat([
-            initial_weights(run.generator(step, layer, position, image), 1, heads, height, width, len(targets))
+            initial_weights(run.generator(step, layer, position, run.image_key(image)), 1, heads, height, width,
+                            len(targets))
             for image in range(images)
         ])
         partner = run.partner(key, step)
@@ -176,13 +178,25 @@ def _regulated_entries(positive: list[dict], spec: RegulationSpec) -> frozenset 
     return None if len(positive) == 1 else frozenset(entry_uuid(entry) for entry in entries)
 
 
-def _regulate_sampling_run(spec: RegulationSpec, executor: Any, guider: Any, sigmas: torch.Tensor, extra_args: dict,
-                           callback: Callable | None, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _image_keys(noise: torch.Tensor | None) -> tuple[str, ...]:
+    """A digest of each image's initial noise: it names the image whatever its place in the batch (the host draws
+    the same noise for an image sampled alone with its ``batch_index``)."""
+    if noise is None:
+        return ()
+    rows = noise.detach().float().cpu().flatten(1)
+    return tuple(hashlib.blake2b(row.numpy().tobytes(), digest_size=8).hexdigest() for row in rows)
+
+
+def _regulate_sampling_run(spec: RegulationSpec, node_id: str | None, executor: Any, guider: Any,
+                           sigmas: torch.Tensor, extra_args: dict, callback: Callable | None, *args: Any,
+                           **kwargs: Any) -> torch.Tensor:
     """SAMPLER_SAMPLE wrapper: a fresh :class:`RegulationRun` for each sampling run, dropped after it, whose steps
     follow the sampler's model calls and step reports (:class:`~..engine.steps.StepClock`, as latent guidance), and
-    which edits the positive entries encoded from the spec's prompt."""
+    which edits the positive entries encoded from the spec's prompt; its warnings are shown on the Attention
+    Regulation node ``node_id``."""
     clock = step_clock(sigmas, getattr(executor.class_obj, "sampler_function", None))
     options = extra_args["model_options"]["transformer_options"]  # this run's copy
+    noise = args[0] if args else kwargs.get("noise")  # KSAMPLER.sample(..., callback, noise, latent_image, ...)
 
     def step_finished(*report: Any) -> None:
         clock.finish_step()
@@ -192,7 +206,8 @@ def _regulate_sampling_run(spec: RegulationSpec, executor: Any, guider: Any, sig
     edited_steps = spec.config.edited_steps(clock.steps)
     options[REGULATED_ENTRIES_KEY] = _regulated_entries(guider.conds["positive"], spec)
     options[REGULATION_RUN_KEY] = RegulationRun(extra_args.get("seed"), lambda sigma: clock.step,
-                                                lambda sigma: clock.step < edited_steps)
+                                                lambda sigma: clock.step < edited_steps, _image_keys(noise),
+                                                lambda message: show_on_node(node_id, f"Warning: {message}"))
     try:
         return executor(_ClockedGuider(guider, clock), sigmas, extra_args, step_finished, *args, **kwargs)
     finally:
@@ -200,13 +215,14 @@ def _regulate_sampling_run(spec: RegulationSpec, executor: Any, guider: Any, sig
         options.pop(REGULATED_ENTRIES_KEY, None)
 
 
-def with_regulation(model: Any, spec: RegulationSpec,
-                    observer: Callable[[RegulationEvent], None] | None = None) -> Any:
+def with_regulation(model: Any, spec: RegulationSpec, observer: Callable[[RegulationEvent], None] | None = None,
+                    node_id: str | None = None) -> Any:
     """A clone of ``model`` that runs Attention Regulation in every sampling run; an empty edit window gives a plain
     clone. Applying it to a regulated model replaces the earlier regulation; other packs' attn2 patches are kept.
 
-    A run's state is made per sampling run by a SAMPLER_SAMPLE wrapper (with the noise seed); the 2024 host has no
-    such hook, so there the clone carries :class:`~.compat.NoiseLevelRuns`.
+    A run's state is made per sampling run by a SAMPLER_SAMPLE wrapper (with the noise seed and each image's
+    noise); the 2024 host has no such hook, so there the clone carries :class:`~.compat.NoiseLevelRuns`. Warnings
+    of a run are shown on the node ``node_id`` (the Attention Regulation node) where the host can.
     """
     sites = regulation_sites(model)
     clone = model.clone()
@@ -219,7 +235,7 @@ def with_regulation(model: Any, spec: RegulationSpec,
     if HAS_MODEL_WRAPPERS:
         clone.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY)
         clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY,
-                                   functools.partial(_regulate_sampling_run, spec))
+                                   functools.partial(_regulate_sampling_run, spec, node_id))
     else:
         clone.model_options["transformer_options"][REGULATION_RUN_KEY] = NoiseLevelRuns(model, spec.config)
     return clone

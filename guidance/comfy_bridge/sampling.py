@@ -17,7 +17,16 @@ from ..engine.spec import GuidanceSpec, LevelMaps
 from ..engine.steps import StepClock
 from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
-from .compat import blocks_modify_saved_activations, conditional_forward, entry_uuid, is_flow_model, positive_conds
+from .compat import (
+    NOT_DIFFERENTIABLE_FIX,
+    blocks_modify_saved_activations,
+    conditional_forward,
+    entry_uuid,
+    is_flow_model,
+    is_not_differentiable,
+    positive_conds,
+    with_differentiable_attention,
+)
 from .conditioning import SubjectEntryError, entry_context, subject_entry
 from .host_weights import entry_networks, make_autograd_ready
 from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
@@ -91,8 +100,8 @@ class SamplingRun:
         pass_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
         self._expected_rows_per_image = sum(site.depth for site in pass_sites) if early_stop else None
         self._subject_store = AttentionStore(token_count, guidance_pass=True)
-        self._subject_options = options_with_store(options_with_recorder(model_options, pass_sites),
-                                                   self._subject_store)
+        self._subject_options = with_differentiable_attention(
+            options_with_store(options_with_recorder(model_options, pass_sites), self._subject_store))
         self.sampling_store = AttentionStore(token_count)
         entry_id = entry_uuid(entry) if len(positive) > 1 else None
         self.records_in_own_pass = len(positive) > 1 and entry_id is None
@@ -123,6 +132,10 @@ class SamplingRun:
                                         self._subject_options)
                 except ForwardComplete:
                     pass
+                except RuntimeError as error:
+                    if is_not_differentiable(error):
+                        raise RuntimeError(f"attention guidance: this ComfyUI's {NOT_DIFFERENTIABLE_FIX}") from error
+                    raise
             require_maps(store, float(sigma[0]))
             return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
 

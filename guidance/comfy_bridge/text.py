@@ -4,13 +4,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..subjects.tokens import EMBEDDING_PIECE, PromptTokens
+from ..subjects.tokens import EMBEDDING_PIECE, OPEN_CLIP_H, PromptTokens
+
+ENCODERS = {"l": "clip_l", "g": "clip_g", "h": OPEN_CLIP_H}  # ComfyUI's tokenizer keys -> PromptTokens.encoder
 
 
 def prompt_tokens(clip: Any, text: str) -> PromptTokens:
-    """The pieces the CLIP model encodes for ``text``, over all 77-token chunks.
+    """The pieces the CLIP model encodes for ``text``, over all 77-token chunks (CLIP's byte-level BPE pieces).
 
-    SD1.x and SDXL read the ``l`` encoder (SDXL's ``g`` encoder must agree on every position), SD2.x its ``h`` one.
+    SD1.x and SDXL read the ``l`` encoder (SDXL's ``g`` encoder must agree on every position), SD2.x its ``h`` one,
+    which ``encoder`` records.
     """
     tokenized = clip.tokenize(text)
     key = "l" if "l" in tokenized else next(iter(tokenized))
@@ -22,7 +25,8 @@ def prompt_tokens(clip: Any, text: str) -> PromptTokens:
             raise ValueError(f"the {other} and {key} text encoders disagree on token positions for this prompt")
     vocabulary = encoder_tokenizer.inv_vocab
     pieces = tuple(vocabulary[token] if isinstance(token, int) else EMBEDDING_PIECE for token in ids)
-    return PromptTokens(pieces, _loaded_embeddings(encoder_tokenizer, text))
+    return PromptTokens(pieces, _loaded_embeddings(encoder_tokenizer, text), byte_level=True,
+                        encoder=ENCODERS.get(key, key))
 
 
 def _loaded_embeddings(encoder_tokenizer: Any, text: str) -> tuple[str, ...]:

@@ -110,15 +110,28 @@ def _check_step(step: int, steps: int) -> None:
         raise ValueError(f"step {step} is outside a {steps}-step run")
 
 
+class RefinementInputError(ValueError):
+    """A refinement setting that cannot be read; ``setting`` is ``"percents"`` or ``"thresholds"``, the one at fault."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 def parse_refinement(percents: str, thresholds: str) -> tuple[RefinementPoint, ...]:
-    """``"0, 20, 40"`` and ``"0.05, 0.5, 0.8"`` -> refinement points; empty strings mean no refinement."""
-    def numbers(text: str, what: str) -> list[float]:
+    """``"0, 20, 40"`` and ``"0.05, 0.5, 0.8"`` -> refinement points; empty strings mean no refinement.
+
+    Raises :class:`RefinementInputError` naming the setting at fault (a count mismatch is the thresholds'.)
+    """
+    def numbers(text: str, setting: str) -> list[float]:
         try:
             return [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
         except ValueError as error:
-            raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from error
+            raise RefinementInputError(f"refinement {setting} must be comma-separated numbers, got {text!r}",
+                                       setting) from error
 
-    steps, targets = numbers(percents, "refinement percents"), numbers(thresholds, "refinement thresholds")
+    steps, targets = numbers(percents, "percents"), numbers(thresholds, "thresholds")
     if len(steps) != len(targets):
-        raise ValueError(f"{len(steps)} refinement percents but {len(targets)} thresholds; give one threshold per point")
+        raise RefinementInputError(f"{len(steps)} refinement percents but {len(targets)} thresholds; give one "
+                                   "threshold per point", "thresholds")
     return tuple(RefinementPoint(p, t) for p, t in zip(steps, targets))

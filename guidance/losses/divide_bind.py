@@ -31,11 +31,11 @@ class DivideBindConfig:
     ``mode``: ``"tv"`` (attendance only, the latest pipeline's default), ``"tv_bind"`` (attendance + binding, used
     for the paper's examples) or ``"max"`` (A&E-like maximum attention).
 
-    ``tv_variant``: ``"textbook"`` (default) is the paper's total variation, the mean absolute horizontal plus the
-    mean absolute vertical neighbour difference. ``"coded"`` reproduces the authors' code, whose vertical term
-    compares every row with the last row (docs/methods.md D&B-TV). The refinement thresholds 0.05 / 0.2 / 0.3 and
-    the binding quantile cut-off 0.1 were tuned by the authors on the coded TV; the textbook TV is smaller on the
-    same map (0.032 vs 0.050 in the fixture) and the thresholds are not recalibrated for it.
+    ``tv_variant``: ``"coded"`` (default) reproduces the authors' code, whose vertical term compares every row with
+    the last row (docs/methods.md D&B-TV); the refinement thresholds 0.05 / 0.2 / 0.3 and the binding quantile
+    cut-off 0.1 were tuned by the authors on it. ``"textbook"`` is the paper's total variation, the mean absolute
+    horizontal plus the mean absolute vertical neighbour difference; it is smaller on the same map (0.032 vs 0.050
+    in the fixture) and the thresholds are not recalibrated for it.
 
     ``bind_coefficients``: ``(percent of the steps, coefficient)``: the binding weight from that point on
     (1 / 5 / 10 from loop index 0 / 10 / 20 of 50).
@@ -44,7 +44,7 @@ class DivideBindConfig:
     """
 
     mode: Mode = "tv"
-    tv_variant: TvVariant = "textbook"
+    tv_variant: TvVariant = "coded"
     kernel_size: int = 3
     sigma: float = 0.5
     bind_coefficients: tuple[tuple[float, float], ...] = ((0.0, 1.0), (20.0, 5.0), (40.0, 10.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,18 +71,24 @@ class RegulationRun:
 
     ``step_of`` gives the step index of a model call at a noise level (the run's :class:`~..engine.steps.StepClock`
     where the host reports steps), ``edits`` whether a call at a noise level falls in the edit window. Memory is
-    keyed by layer ``(block, id, block_index)``, conditional branch and map size, never by call order. A layer called again at the same step (heun's correction, split CFG batches) blends
-    with the same partner as its first call and replaces that call's state.
+    keyed by layer ``(block, id, block_index)``, conditional branch and map size, never by call order. A layer called
+    again at the same step (heun's correction, split CFG batches) blends with the same partner as its first call and
+    replaces that call's state.
 
     Initial weights come from a generator per (noise seed, step, layer, branch, image), never the global RNG, so
     each image's edit is independent of its batch and of other packs' random draws. ``seed`` is the run's noise
-    seed (None where the host does not say it).
+    seed (None where the host does not say it). ``image_keys`` name the batch's images by something of their own
+    (their initial noise, which is the same whether an image is sampled alone or in a batch); without them an
+    image is known by its place in the batch. ``on_warning`` also receives each warning (besides the log).
     """
 
-    def __init__(self, seed: int | None, step_of: Callable[[float], int], edits: Callable[[float], bool]) -> None:
+    def __init__(self, seed: int | None, step_of: Callable[[float], int], edits: Callable[[float], bool],
+                 image_keys: Sequence[str] = (), on_warning: Callable[[str], None] | None = None) -> None:
         self.seed = seed
         self.step_of = step_of
         self.edits = edits
+        self.image_keys = tuple(image_keys)
+        self.on_warning = on_warning
         self._memory: dict[tuple, _LayerMemory] = {}
         self._warned: set[str] = set()
 
@@ -100,6 +106,10 @@ class RegulationRun:
     def remember(self, key: tuple, step: int, partner: torch.Tensor | None, state: torch.Tensor) -> None:
         self._memory[key] = _LayerMemory(step, partner, state)
 
+    def image_key(self, image: int) -> str | int:
+        """What names batch image ``image`` in the random draws: its key, else its index."""
+        return self.image_keys[image] if image < len(self.image_keys) else image
+
     def generator(self, *parts: Any) -> torch.Generator:
         """A CPU generator seeded from the run's noise seed and ``parts`` (same draws on every device)."""
         digest = hashlib.blake2b(repr((self.seed, *parts)).encode(), digest_size=8).digest()
@@ -109,3 +119,5 @@ class RegulationRun:
         if message not in self._warned:
             self._warned.add(message)
             logger.warning(message)
+            if self.on_warning is not None:
+                self.on_warning(message)

@@ -57,13 +57,27 @@ def parse_boxes(text: str) -> tuple[Box, ...]:
         box = Box(*values)
         if box.w <= 0 or box.h <= 0:
             raise ValueError(f"box {index} ({part!r}) has a width or height <= 0; give w and h above 0")
-        if box.x < 0 or box.y < 0 or box.x + box.w > 1 or box.y + box.h > 1:
-            raise ValueError(f"box {index} ({part!r}) leaves the image (x + w = {box.x + box.w:g}, "
-                             f"y + h = {box.y + box.h:g}); keep x, y >= 0, x + w <= 1 and y + h <= 1")
+        outside = [text for text, out in ((f"x = {box.x:g} is below 0", box.x < 0),
+                                          (f"y = {box.y:g} is below 0", box.y < 0),
+                                          (f"x + w = {box.x + box.w:g} is above 1", box.x + box.w > 1),
+                                          (f"y + h = {box.y + box.h:g} is above 1", box.y + box.h > 1)) if out]
+        if outside:
+            raise ValueError(f"box {index} ({part!r}) leaves the image: {', '.join(outside)}; "
+                             + _corners_hint(box))
         boxes.append(box)
     if not boxes:
         raise ValueError(f"no boxes given; write {BOX_SYNTAX}")
     return tuple(boxes)
+
+
+def _corners_hint(box: Box) -> str:
+    """What to write instead: the box read as corners ``x1,y1,x2,y2`` where that reading is a box inside the image
+    (a common habit), else the rule."""
+    corners = Box(box.x, box.y, box.w - box.x, box.h - box.y)
+    if min(corners.x, corners.y) >= 0 and corners.w > 0 and corners.h > 0 and max(box.w, box.h) <= 1:
+        return (f"boxes are x,y,w,h (left, top, width, height), not corners x1,y1,x2,y2; if you meant corners, "
+                f"write {corners.x:g},{corners.y:g},{corners.w:g},{corners.h:g}")
+    return "keep x, y >= 0, x + w <= 1 and y + h <= 1"
 
 
 def box_masks(boxes: Sequence[Box], width: int, height: int) -> torch.Tensor:
@@ -133,10 +147,16 @@ class LayoutGrid:
 
 @dataclass(frozen=True)
 class SubjectLayout:
-    """The AG_LAYOUT value: ``masks`` ``[N, S, H, W]`` in 0…1 and the ``labels`` of the ``S`` subjects."""
+    """The AG_LAYOUT value: ``masks`` ``[N, S, H, W]`` in 0…1 and the ``labels`` of the ``S`` subjects.
+
+    ``image_size`` ``(width, height)`` in px: the image the layout was laid out for, where that is known (boxes);
+    an attention grid of another aspect ratio is then refused rather than the layout stretched to it. Without it
+    (painted masks), masks are stretched to any image.
+    """
 
     masks: torch.Tensor
     labels: tuple[str, ...]
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         masks = self.masks
@@ -156,10 +176,18 @@ class SubjectLayout:
         """The layout on an ``h×w`` attention grid for a latent batch of ``batch`` images; None if no subject has
         a target (every mask covers the whole grid, "anywhere").
 
-        Raises ValueError when the mask batch is neither 1 nor ``batch``, or when a mask vanishes on the grid (it
-        covers less than half of every cell).
+        Raises ValueError when the mask batch is neither 1 nor ``batch``, when a mask vanishes on the grid (it
+        covers less than half of every cell), or when the grid's aspect ratio is not ``image_size``'s.
         """
         count, subjects = self.masks.shape[:2]
+        if self.image_size is not None:
+            width, height = self.image_size
+            expected = size[0] * width / height  # grid columns at the layout's aspect
+            if abs(size[1] - expected) > max(1.0, 0.05 * size[1]):
+                raise ValueError(
+                    f"the box layout was made for a {width}x{height} px image (width/height {width / height:.2f}), "
+                    f"but this image's attention grid is {size[1]}x{size[0]} (width/height {size[1] / size[0]:.2f}): "
+                    f"the boxes would be stretched. Set the box layout's width and height to the image's size")
         if count not in (1, batch):
             raise ValueError(f"the layout has {count} masks per subject but the latent batch has {batch} images; "
                              f"give one mask per subject, or one per image")

@@ -10,6 +10,7 @@ Positions index the flattened 77·k sequence the encoder produces: position 0 of
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ WORD_END = "</w>"
 EMBEDDING_PIECE = "<embedding>"
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 SPECIAL_PIECES = (START_OF_TEXT, END_OF_TEXT, "!")  # "!" is id 0, SDXL clip_g's and SD2's padding
+OPEN_CLIP_H = "open_clip_h"  # SD2.x's text encoder (OpenCLIP ViT-H); PromptTokens.encoder names it
 
 # Words that never name a subject in the automatic pick: function words, and style words common in prompts.
 _FUNCTION_WORDS = frozenset("""
@@ -29,9 +31,23 @@ between next inside outside around through across against along among is are was
 it its his her their my your our very highly photo picture image painting drawing style
 """.split())
 _STYLE_WORDS = frozenset("""
-photorealistic realistic detailed hyperdetailed hd 4k 8k uhd masterpiece quality best high resolution sharp
+photorealistic realistic detailed hyperdetailed hd 4k 8k uhd hdr masterpiece quality best high resolution sharp
 cinematic lighting studio professional render rendering octane unreal engine trending artstation digital art
+ultra highres absurdres intricate detail details focus bokeh raw dslr 35mm photography illustration concept
+wallpaper closeup close-up shot view angle background foreground composition aesthetic score
 """.split())
+# Words that describe rather than name (the automatic pick passes over them; a curated list, no language model).
+_ADJECTIVES = frozenset("""
+beautiful pretty cute lovely gorgeous stunning amazing awesome epic magnificent elegant adorable ugly scary creepy
+big small large tiny huge little giant massive tall short long wide narrow thin thick fat slim round square
+old young new ancient modern futuristic vintage retro fresh happy sad angry calm serene peaceful cheerful funny
+red orange yellow green blue purple violet pink brown black white gray grey golden silver colorful colourful
+dark bright light pale vivid soft hard smooth rough shiny glossy matte wet dry hot cold warm cool wooden metallic
+glass plastic stone fluffy furry hairy fuzzy natural simple complex strange weird magical mysterious majestic
+""".split())
+# Nouns that end in -ly, which the adverb rule would otherwise pass over.
+_LY_NOUNS = frozenset("butterfly dragonfly firefly fly lily family jelly belly bully ally rally holly assembly "
+                      "supply italy sicily anomaly monopoly".split())
 _SEPARATORS = frozenset({",", ".", ";", ":", "!", "?", "and", "or", "with", "without", "of", "in", "on", "at",
                          "by", "for", "from", "to", "into", "onto", "over", "under", "above", "below", "behind",
                          "near", "beside", "between", "next", "inside", "outside", "around", "through", "across",
@@ -44,10 +60,39 @@ class SubjectTokenError(ValueError):
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """The encoder's view of a prompt: a text piece per position (``cat</w>``, ``<embedding>``, specials)."""
+    """The encoder's view of a prompt: a text piece per position (``cat</w>``, ``<embedding>``, specials).
+
+    ``byte_level``: the pieces are byte-level BPE (CLIP's): each character stands for one byte of the UTF-8 text, so
+    ``café`` arrives as ``cafÃ©</w>``; words are decoded back to text (:func:`decode_byte_level`). ``encoder`` names
+    the text encoder that made them (``OPEN_CLIP_H`` for SD2.x; empty when unknown).
+    """
 
     pieces: tuple[str, ...]
     embedding_names: tuple[str, ...] = ()  # names of the embeddings whose vectors appear, in order
+    byte_level: bool = False
+    encoder: str = ""
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """Character -> byte of the byte-level BPE alphabet (GPT-2's, which CLIP uses): the printable Latin-1 bytes
+    stand for themselves, the other 68 bytes for the characters 256, 257, ... in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{chr(byte): byte for byte in printable}, **{chr(256 + n): byte for n, byte in enumerate(others)}}
+
+
+_BYTE_OF = _byte_alphabet()
+
+
+def decode_byte_level(text: str) -> str:
+    """The UTF-8 text that byte-level pieces spell (``cafÃ©`` -> ``café``); ``text`` itself where it is not such
+    a spelling (a character outside the alphabet, or bytes that are not UTF-8, e.g. half of a split character)."""
+    if any(character not in _BYTE_OF for character in text):
+        return text
+    try:
+        return bytes(_BYTE_OF[character] for character in text).decode("utf-8")
+    except UnicodeDecodeError:
+        return text
 
 
 @dataclass(frozen=True)
@@ -73,6 +118,8 @@ class SubjectTokens:
     encoding: torch.Tensor | None = field(default=None, compare=False, repr=False)
     """The text encoder's output for the prompt, ``[77·k, D]``, set by the nodes that make AG_TOKENS: the samplers
     check the positive conditioning against it (``subjects.encoding``). None: only the token count is checked."""
+    encoder: str = ""  # PromptTokens.encoder of the prompt
+    passed_over: tuple[tuple[str, str], ...] = ()  # automatic pick: (word, why it is no subject)
 
     @property
     def token_count(self) -> int:
@@ -109,8 +156,29 @@ class SubjectTokens:
                 bound = "; ".join(f"{a.text} ({', '.join(map(str, a.positions))})" for a in subject.attributes)
                 line += f" | attributes: {bound}"
             lines.append(line)
-        origin = "picked automatically" if self.auto_picked else "from the subjects input"
-        return f"Subjects ({origin}):\n" + "\n".join(lines)
+        if not self.auto_picked:
+            return "Subjects (from the subjects input):\n" + "\n".join(lines)
+        text = ("Subjects (picked automatically: the last noun-like word of each phrase between commas, 'and', "
+                "'with' and prepositions; name them in the subjects input to choose others):\n" + "\n".join(lines))
+        if self.passed_over:
+            reasons: dict[str, list[str]] = {}
+            for word, reason in self.passed_over:
+                reasons.setdefault(reason, []).append(word)
+            text += "\nPassed over: " + "; ".join(f"{', '.join(words)} ({reason})" for reason, words in reasons.items())
+        return text
+
+    def warnings(self) -> list[str]:
+        """What the user should know about these subjects: subjects named twice (same tokens)."""
+        seen: dict[tuple[int, ...], str] = {}
+        found = []
+        for subject in self.subjects:
+            positions = subject.word.positions
+            if positions in seen:
+                found.append(f"'{subject.word.text}' is named twice and both name the same tokens "
+                             f"({', '.join(map(str, positions))}); write '{subject.word.text}#2' for a second "
+                             f"'{subject.word.text}' of the prompt, or name it once")
+            seen[positions] = subject.word.text
+        return found
 
 
 def _is_special(piece: str) -> bool:
@@ -126,7 +194,7 @@ def prompt_words(tokens: PromptTokens) -> list[Word]:
     def flush() -> None:
         if pending:
             text = "".join(tokens.pieces[p] for p in pending).replace(WORD_END, "")
-            words.append(Word(text, tuple(pending)))
+            words.append(Word(decode_byte_level(text) if tokens.byte_level else text, tuple(pending)))
             pending.clear()
 
     for position, piece in enumerate(tokens.pieces):
@@ -192,6 +260,9 @@ def map_subjects(prompt: str, tokens: PromptTokens, subjects: str) -> SubjectTok
     mapped = []
     for phrase in phrases:
         name, occurrence = _occurrence(_normalise(phrase[-1]))
+        if occurrence < 1:
+            raise SubjectTokenError(f"subject '{phrase[-1]}': occurrences count from 1 ('{name}#1' or '{name}' is "
+                                    f"the first '{name}', '{name}#2' the second)")
         matches = _occurrences(words, name)
         if len(matches) < occurrence:
             found = f"it appears {len(matches)} time(s)" if matches else "it is not in the prompt"
@@ -202,7 +273,7 @@ def map_subjects(prompt: str, tokens: PromptTokens, subjects: str) -> SubjectTok
         subject = matches[occurrence - 1]
         attributes = tuple(_nearest(words, _normalise(attribute), subject, phrase) for attribute in phrase[:-1])
         mapped.append(Subject(subject, attributes))
-    return SubjectTokens(prompt, tokens.pieces, tuple(mapped), auto_picked=False)
+    return SubjectTokens(prompt, tokens.pieces, tuple(mapped), auto_picked=False, encoder=tokens.encoder)
 
 
 def _nearest(words: list[Word], name: str, subject: Word, phrase: list[str]) -> Word:
@@ -219,27 +290,61 @@ def _nearest(words: list[Word], name: str, subject: Word, phrase: list[str]) -> 
     return before[-1] if before else after[0]
 
 
+def _not_a_subject(text: str) -> str | None:
+    """Why the automatic pick passes over a word (None: it may name a subject): a curated judgement, no language
+    model, so it errs towards passing over descriptive words."""
+    lowered = text.lower()
+    if lowered in _FUNCTION_WORDS:
+        return "function words"
+    if any(character.isdigit() for character in lowered):
+        return "numbers"
+    if lowered in _STYLE_WORDS:
+        return "style or quality words"
+    if lowered in _ADJECTIVES:
+        return "describing words"
+    if lowered.endswith("ly") and lowered not in _LY_NOUNS:
+        return "describing words"
+    letters = sum(character.isalpha() for character in lowered)
+    pictures = sum(unicodedata.category(character) == "So" for character in lowered)  # emoji
+    if letters < 2 and not pictures:
+        return "single letters"
+    return None
+
+
 def pick_subjects(prompt: str, tokens: PromptTokens) -> SubjectTokens:
     """Automatic pick: in each stretch between separators (punctuation, conjunctions, prepositions), the last word
-    that is not a function or style word is a subject, and the other such words before it are its attributes.
+    that may name a subject (:func:`_not_a_subject`) is a subject, and the describing words before it are its
+    attributes. Stretches without such a word give no subject; the words passed over are kept with the reason.
 
     ``"a red cat and a frog on a table, photorealistic"`` -> cat (red), frog, table.
     """
     words = prompt_words(tokens)
     subjects: list[Subject] = []
+    passed_over: list[tuple[str, str]] = []
     stretch: list[Word] = []
     for word in [*words, Word(",", ())]:
         text = word.text.lower()
-        if text in _SEPARATORS or not any(character.isalnum() for character in text):
-            content = [w for w in stretch if w.text.lower() not in _FUNCTION_WORDS | _STYLE_WORDS]
-            if content:
-                subjects.append(Subject(content[-1], tuple(content[:-1])))
-            stretch = []
-        else:
+        separator = text in _SEPARATORS or not any(
+            character.isalnum() or unicodedata.category(character) == "So" for character in text)
+        if not separator:
             stretch.append(word)
+            continue
+        reasons = [_not_a_subject(w.text) for w in stretch]
+        used: set[int] = set()
+        nouns = [index for index, reason in enumerate(reasons) if reason is None]
+        if nouns:
+            attributes = [index for index in range(nouns[-1]) if reasons[index] in (None, "describing words")]
+            subjects.append(Subject(stretch[nouns[-1]], tuple(stretch[index] for index in attributes)))
+            used = {nouns[-1], *attributes}
+        passed_over.extend((w.text, reason) for index, (w, reason) in enumerate(zip(stretch, reasons))
+                           if index not in used and reason not in (None, "function words"))
+        stretch = []
     if not subjects:
+        skipped = "; ".join(f"{word} ({reason})" for word, reason in passed_over)
         raise SubjectTokenError(
-            f"no subjects found automatically in '{prompt}'. Name them in the subjects input, e.g. 'red cat, frog'. "
-            f"The prompt's words and token positions: {_token_listing(words)}"
+            f"no subjects found automatically in '{prompt}'" + (f" (passed over: {skipped})" if skipped else "")
+            + ". Name them in the subjects input, e.g. 'red cat, frog'. The prompt's words and token positions: "
+            f"{_token_listing(words)}"
         )
-    return SubjectTokens(prompt, tokens.pieces, tuple(subjects), auto_picked=True)
+    return SubjectTokens(prompt, tokens.pieces, tuple(subjects), auto_picked=True, encoder=tokens.encoder,
+                         passed_over=tuple(passed_over))

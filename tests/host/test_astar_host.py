@@ -42,7 +42,7 @@ def mask_layout(tokens, *masks):
 
 
 def astar_node(tokens, step_size=20.0, guided_percent=50.0, weight=1.0, layout=None, binarisation="half_max"):
-    return NODES["AG_AStar"]().build(tokens, step_size, guided_percent, binarisation, "ae", weight, layout)[0]
+    return NODES["AG_AStar"]().build(tokens, step_size, guided_percent, binarisation, "ae", weight, layout)["result"][0]
 
 
 def guided_run(checkpoint, spec, steps=6, seed=5):

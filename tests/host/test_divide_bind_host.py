@@ -1,5 +1,6 @@
 """Divide & Bind and combined guidance on a real host: extra attention levels, the off switch, binding's effect,
 the three doors, bad input."""
+import json
 from dataclasses import dataclass, field, replace
 
 import comfy.samplers
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import nodes
+from devkit import REFERENCE_DIR
 from devkit.comfy_host import ag
 from devkit.sampling import IS_CURRENT_HOST, guided_ksampler, ksampler_inputs, sample_custom, stock_ksampler
 
@@ -151,7 +153,7 @@ def test_binding_lowers_the_divergence_between_attribute_and_subject_maps(tiny):
 def test_attend_and_excite_with_divide_and_bind_through_the_three_doors(tiny):
     checkpoint = tiny("sd1")
     tokens = tokens_for(checkpoint)
-    ae_node = NODES["AG_AttendAndExcite"]().build(tokens, 20.0, 50.0, "0", "0.5", 2, True, 0.5, False)[0]
+    ae_node = NODES["AG_AttendAndExcite"]().build(tokens, 20.0, 50.0, "0", "0.5", 2, True, 0.5, "auto")[0]
     dnb_node = NODES["AG_DivideAndBind"]().build(tokens, "tv_bind", "textbook", 20.0, 50.0, "0", "0.2", 2, 2, 1.0)[0]
     both = NODES["AG_CombineGuidance"]().combine(ae_node, dnb_node)[0]
     assert both.levels == (1, 2) and len(both.terms) == 2
@@ -170,13 +172,47 @@ def test_attend_and_excite_with_divide_and_bind_through_the_three_doors(tiny):
         torch.testing.assert_close(stock_ksampler(guided_model, inputs), latent, atol=1e-5, rtol=0)
 
 
-def test_divide_and_bind_node_defaults_are_the_authors(tiny):
-    spec = NODES["AG_DivideAndBind"]().build(tokens_for(tiny("sd1")), **{
-        name: options[1]["default"] for name, options in NODES["AG_DivideAndBind"].INPUT_TYPES()["required"].items()
-        if name != "tokens"})[0]
-    (term,) = spec.terms
-    assert term.config == dnb_loss.DivideBindConfig() and term.weight == 1.0
-    assert spec.schedules == (dnb_method.paper_schedule("tv"),)
+FIXTURE_DEFAULTS = json.loads((REFERENCE_DIR / "dnb_loss.json").read_text())["defaults_official"]
+AUTHORS_STEPS = 2 * FIXTURE_DEFAULTS["max_iter_to_alter"]  # the authors guide the first 25 of 50 steps
+
+
+def node_with_defaults(tokens, **settings):
+    node = NODES["AG_DivideAndBind"]
+    defaults = {name: options[1]["default"] for name, options in node.INPUT_TYPES()["required"].items()
+                if name != "tokens"}
+    return node().build(tokens, **{**defaults, **settings})[0]
+
+
+@pytest.mark.parametrize("mode", ["tv", "tv_bind", "max"])
+def test_divide_and_bind_node_defaults_are_the_authors(tiny, mode):
+    """Against the authors' code (dnb_loss.json), never the pack's own config: each mode's refinement thresholds
+    (max mode has its own) with the latest pipeline's caps, the guided window, the step size and the coded TV."""
+    tokens = tokens_for(tiny("sd1"))
+    spec = node_with_defaults(tokens, mode=mode)
+    (term,), (schedule,) = spec.terms, spec.schedules
+    caps = FIXTURE_DEFAULTS["latest_pipeline_refinement_caps"]
+    expected = {int(step): (threshold, caps["max_refinement_steps_init_step_(i==0)"] if step == "0"
+                            else caps["max_refinement_steps"])
+                for step, threshold in FIXTURE_DEFAULTS["default_param"][mode]["thresholds"].items()}
+    assert {step: (point.threshold, schedule.refinement_cap(step, AUTHORS_STEPS))
+            for step, point in schedule.refinement_at(AUTHORS_STEPS).items()} == expected
+    assert schedule.guided_steps(AUTHORS_STEPS) == FIXTURE_DEFAULTS["max_iter_to_alter"]
+    assert schedule.scale_factor == FIXTURE_DEFAULTS["scale_factor"]
+    assert term.config.mode == mode and term.weight == 1.0
+    assert node_with_defaults(tokens).terms[0].config.mode == FIXTURE_DEFAULTS["loss_mode_default_latest"]
+    cases = json.loads((REFERENCE_DIR / "dnb_loss.json").read_text())["cases"]
+    maps = torch.tensor(json.loads((REFERENCE_DIR / "ae_loss.json").read_text())["inputs"]["attention"])[None]
+    tv = dnb_loss.divide_bind_loss(maps, [[5]], 0, AUTHORS_STEPS, term.config).tv[0, 0]
+    assert tv.item() == pytest.approx(cases["tv_object_5_reference_values"]["as_coded"], abs=1e-6)  # tuned on it
+
+
+def test_auto_thresholds_need_the_papers_points(tiny):
+    tokens = tokens_for(tiny("sd1"))
+    with pytest.raises(common.NodeInputError, match="input 'refinement_thresholds': 'auto' stands for the paper's 3 "
+                                                    r"thresholds of max mode \(0.05, 0.5, 0.8\)"):
+        node_with_defaults(tokens, mode="max", refinement_percents="0, 20")
+    typed = node_with_defaults(tokens, mode="max", refinement_percents="0, 20", refinement_thresholds="0.1, 0.2")
+    assert [point.threshold for point in typed.schedules[0].refinement_points] == [0.1, 0.2]
 
 
 def test_bad_input_says_what_to_fix(tiny):
@@ -185,12 +221,16 @@ def test_bad_input_says_what_to_fix(tiny):
     bare = tokens_for(checkpoint, subjects="bowl, cat")
     with pytest.raises(common.NodeInputError, match="Divide & Bind: input 'tokens': .*no subject has one"):
         node.build(bare, "tv_bind", "textbook", 20.0, 50.0, "0", "0.2", 2, 2, 1.0)
-    with pytest.raises(common.NodeInputError, match="input 'refinement_percents': 2 refinement percents but 1"):
+    with pytest.raises(common.NodeInputError, match="input 'refinement_thresholds': 2 refinement percents but 1"):
         node.build(bare, "tv", "textbook", 20.0, 50.0, "0, 20", "0.2", 2, 2, 1.0)
+    with pytest.raises(common.NodeInputError, match="input 'refinement_thresholds': refinement thresholds must be"):
+        node.build(bare, "tv", "textbook", 20.0, 50.0, "0, 20", "0.2, high", 2, 2, 1.0)
+    with pytest.raises(common.NodeInputError, match="input 'refinement_percents': refinement percents must be"):
+        node.build(bare, "tv", "textbook", 20.0, 50.0, "0, 2O", "0.2, 0.3", 2, 2, 1.0)
     with pytest.raises(common.NodeInputError, match="input 'subjects': attribute 'green' .* is not in the prompt"):
         NODES["AG_TextEncodeWithTokens"]().encode(checkpoint.clip, PROMPT, "yellow bowl, green cat")
     other = NODES["AG_AttendAndExcite"]().build(tokens_for(checkpoint, "a cat", "cat"), 20.0, 50.0, "", "", 2, True,
-                                                0.5, False)[0]
+                                                0.5, "auto")[0]
     with pytest.raises(common.NodeInputError, match="Combine Guidance: input 'guidance_b': .*different prompts"):
         NODES["AG_CombineGuidance"]().combine(dnb_spec(checkpoint), other)
 

@@ -91,3 +91,26 @@ def test_record_round_trips_through_safetensors(tmp_path):
     assert loaded.guided == rec.guided and torch.equal(loaded.maps, rec.maps)
     with pytest.raises(ValueError, match="not an attention history"):
         record.history_from_tensors(tensors, {})
+
+
+@pytest.mark.parametrize("arrangement,steps,subjects", [("grid", 10, 2), ("grid", 40, 6), ("one image per step", 3, 6)])
+def test_figures_stay_within_the_size_cap(arrangement, steps, subjects):
+    """All steps at the largest tile: 10 steps at 2048 px used to make a 20588 px wide picture."""
+    rec = make_record(steps=steps, batch=1, subjects=subjects, height=16, width=24)
+    rec = record.AttentionHistory(tuple(f"subject {i}" for i in range(subjects)), rec.steps, rec.sigmas, rec.guided,
+                                  rec.maps)
+    options = FigureOptions(arrangement=arrangement, tile=2048)
+    tile = figures.figure_tile(rec, list(range(steps)), options)
+    out = figures.attention_figures(rec, list(range(steps)), options)
+    assert figures.MIN_TILE <= tile < 2048
+    assert max(out.shape[1:3]) <= figures.MAX_SIDE
+    # The tile shrinks only about as far as it must (the fit reserves up to three tiles for the row labels).
+    assert max(out.shape[1:3]) > figures.MAX_SIDE * 0.5
+
+
+def test_a_small_figure_keeps_its_tile_and_too_many_steps_are_refused():
+    rec = make_record(steps=4, batch=1)
+    assert figures.figure_tile(rec, [0, 1, 2, 3], FigureOptions(tile=256)) == 256
+    crowded = make_record(steps=400, batch=1)
+    with pytest.raises(ValueError, match="do not fit in a picture of at most 4096 px a side.*show fewer steps"):
+        figures.attention_figures(crowded, list(range(400)), FigureOptions(tile=256))

@@ -19,9 +19,14 @@ def test_boxes_parse_and_become_masks():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("0.6,0.1,0.5,0.5", r"box 1 \('0.6,0.1,0.5,0.5'\) leaves the image \(x \+ w = 1.1.*x \+ w <= 1"),
-    ("0.1,0.1,0.2,0.2; -0.1,0,0.5,0.5", r"box 2 .* leaves the image.*keep x, y >= 0"),
-    ("0.1,0.7,0.2,0.4", r"box 1 .*y \+ h = 1.1"),
+    ("0.6,0.1,0.5,0.5", r"box 1 \('0.6,0.1,0.5,0.5'\) leaves the image: x \+ w = 1.1 is above 1; keep x, y >= 0, "
+                        r"x \+ w <= 1 and y \+ h <= 1"),
+    ("0.1,0.1,0.2,0.2; -0.1,0,0.5,0.5", r"box 2 \('-0.1,0,0.5,0.5'\) leaves the image: x = -0.1 is below 0; keep x"),
+    ("0.1,0.7,0.2,0.4", r"box 1 .*: y \+ h = 1.1 is above 1"),
+    # x1,y1,x2,y2 typed by habit: as x,y,w,h the box leaves the image, as corners it is a box inside it.
+    ("0.5,0.1,0.9,0.8", r"box 1 \('0.5,0.1,0.9,0.8'\) leaves the image: x \+ w = 1.4 is above 1; boxes are x,y,w,h "
+                        r"\(left, top, width, height\), not corners x1,y1,x2,y2; if you meant corners, write "
+                        r"0.5,0.1,0.4,0.7"),
     ("0.1,0.1,0.5", r"box 1 \('0.1,0.1,0.5'\) is not four numbers; write 'x,y,w,h'"),
     ("0.1,0.1,a,0.5", r"box 1 .* is not four numbers"),
     ("0.1,0.1,nan,0.5", r"is not four numbers"),
@@ -111,3 +116,21 @@ def test_all_ones_means_anywhere():
     per_image = halves(2)
     per_image[0, 0] = 1  # anywhere in image 1 only: still a target for the batch
     assert L.SubjectLayout(per_image, LABELS).grid((8, 8), batch=2).given == (True, True)
+
+
+@pytest.mark.parametrize("size,grid,refused", [
+    ((512, 512), (16, 24), True),  # laid out square, sampled at 3:2: the boxes would be stretched
+    ((768, 512), (16, 24), False),
+    ((1536, 1024), (16, 24), False),  # the same aspect at another size
+    ((512, 512), (16, 17), False),  # within a cell of the rounding of ceil(h/4)
+])
+def test_a_box_layout_refuses_an_image_of_another_aspect(size, grid, refused):
+    layout = L.SubjectLayout(L.box_masks(L.parse_boxes("0.1,0.1,0.4,0.4"), *size)[None], ("cat",), size)
+    if refused:
+        with pytest.raises(ValueError, match=r"made for a 512x512 px image \(width/height 1.00\), but this image's "
+                                             r"attention grid is 24x16 \(width/height 1.50\).*Set the box layout's "
+                                             "width and height to the image's size"):
+            layout.grid(grid, 1)
+    else:
+        assert layout.grid(grid, 1) is not None
+    assert L.SubjectLayout(layout.masks, ("cat",)).grid((16, 24), 1) is not None  # painted masks: stretched

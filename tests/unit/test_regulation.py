@@ -68,7 +68,7 @@ def test_defaults_are_the_authors():
     assert config.global_decay == official["global_decay"] == 0.99
     assert config.edited_steps(official["steps"]) == official["edit_steps"] == INPUTS["num_edit_steps"] == 25
     assert [config.total_share(count) for count in range(1, 7)] == [min(1.0, 0.2 * count) for count in range(1, 7)]
-    assert config.mode == "default"
+    assert config.mode == "default"  # the project's choice, not the authors' (docs/methods.md, "AR modes")
 
 
 def test_unknown_mode_is_rejected():
@@ -141,12 +141,9 @@ def test_reference_losses_and_first_iteration(reference_run, step: int):
     record, diagnostics = AR["steps"][step], reference_run[step].diagnostics
     expected = tensor(record["iter_losses_official"])
     losses = diagnostics.losses[:, 0]
-    best = record["best_iteration_index"]
     assert diagnostics.losses.shape == (20, 1)
-    # The iterates that decide the edit match closely; the GD step of 200 amplifies fp32 rounding (which differs
-    # with the CPU's vector width) in the iterates after the best one.
-    torch.testing.assert_close(losses[: best + 1], expected[: best + 1], atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(losses, expected, atol=1e-4, rtol=0)
+    # Every iterate, the late ones included, at the fixture's stated tolerance (docs/methods.md, "Reference fixtures").
+    torch.testing.assert_close(losses, expected, atol=2e-5, rtol=2e-5)
     terms = record["iter0_loss_components"]
     initial = diagnostics.initial_terms
     torch.testing.assert_close(initial.quantile, tensor([terms["quantile_term_gamma1"]]), atol=1e-6, rtol=0)
@@ -170,7 +167,10 @@ def test_reference_best_iterate_and_state(reference_run, step: int):
     torch.testing.assert_close(output.diagnostics.ema_partner[0], expected_partner, atol=partner_atol, rtol=0)
     expected_state = tensor(record["best_additive_stored_in_internals_targets"])
     torch.testing.assert_close(output.state[0], expected_state, atol=1e-4, rtol=0)
-    assert REFERENCE.global_decay ** record["current_step"] == record["global_decay_factor"]
+    # The applied bias is the decayed EMA blend with the fixture's decay factor 0.99^t (Eqs. 14-15).
+    blend = 0.25 * output.diagnostics.ema_partner + 0.75 * output.state
+    torch.testing.assert_close(output.diagnostics.applied_bias, record["global_decay_factor"] * blend, atol=1e-6,
+                               rtol=0)
 
 
 @pytest.mark.parametrize("step", [0, 1])

@@ -114,3 +114,14 @@ def test_refinement_caps_per_point():
     assert schedule.refinement_thresholds(50) == {0: 0.05, 10: 0.2, 20: 0.3}
     with pytest.raises(ValueError, match="caps must be >= 0"):
         S.GuidanceSchedule(refinement_points=(S.RefinementPoint(0.0, 0.1, max_steps=-1),))
+
+
+@pytest.mark.parametrize("percents,thresholds,setting,message", [
+    ("0, 20, x", "0.05, 0.5, 0.8", "percents", "refinement percents must be comma-separated numbers"),
+    ("0, 20, 40", "0.05, 0.5, high", "thresholds", "refinement thresholds must be comma-separated numbers"),
+    ("0, 20, 40", "0.05, 0.5", "thresholds", "3 refinement percents but 2 thresholds"),
+])
+def test_unreadable_refinement_settings_name_the_setting_at_fault(percents, thresholds, setting, message):
+    with pytest.raises(S.RefinementInputError, match=message) as raised:
+        S.parse_refinement(percents, thresholds)
+    assert raised.value.setting == setting

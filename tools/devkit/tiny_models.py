@@ -106,9 +106,12 @@ def _unet_config(family: str) -> tuple[Any, comfy.model_base.ModelType]:
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
-def tiny_unet(family: str, generator: torch.Generator) -> Any:
+def tiny_unet(family: str, generator: torch.Generator, dtype: torch.dtype = torch.float32,
+              manual_cast_dtype: torch.dtype | None = None) -> Any:
+    """The family's tiny UNet with weights stored in ``dtype``; ``manual_cast_dtype`` makes the host compute in
+    that dtype instead, casting the weights at every call (ComfyUI's manual-cast path)."""
     config, model_type = _unet_config(family)
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, manual_cast_dtype)
     model_class = comfy.model_base.SDXL if family == "sdxl" else comfy.model_base.BaseModel
     model = model_class(config, model_type=model_type, device=torch.device("cpu"))
     _randomize(model.diffusion_model, generator)
@@ -179,6 +182,12 @@ def tiny_vae(generator: torch.Generator) -> Any:
     taesd = comfy.taesd.taesd.TAESD()
     _randomize(taesd, generator)
     return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+def tiny_model(family: str, dtype: torch.dtype = torch.float32, manual_cast_dtype: torch.dtype | None = None) -> Any:
+    """The UNet of :func:`tiny_checkpoint` (the same weights, rounded to ``dtype``) in another precision."""
+    with torch.inference_mode():
+        return tiny_unet(family, torch.Generator().manual_seed(SEED), dtype, manual_cast_dtype)
 
 
 def tiny_checkpoint(family: str) -> TinyCheckpoint:

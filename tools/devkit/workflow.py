@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import execution
 import folder_paths
+import server
 
 import nodes
 
@@ -282,9 +285,11 @@ def validate(prompt: dict[str, dict]) -> Validation:
 
 class RecordingServer:
     """Stands in for ``server.PromptServer``, of which PromptExecutor uses only ``client_id``, ``last_node_id``,
-    ``send_sync`` and (current host, preview images) ``sockets_metadata``. A real PromptServer cannot be built
-    here: the current host's constructor exits when the frontend package is not installed, and its ``send_sync``
-    needs a running event loop. This one records every message instead."""
+    ``send_sync`` and (current host, preview images) ``sockets_metadata``; nodes reach it as
+    ``PromptServer.instance`` (during :func:`execute`), e.g. for the text the current host shows on a node
+    (``send_progress_text``, packed by the host's own method). A real PromptServer cannot be built here: the
+    current host's constructor exits when the frontend package is not installed, and its ``send_sync`` needs a
+    running event loop. This one records every message instead."""
 
     def __init__(self) -> None:
         self.client_id: str | None = None
@@ -295,6 +300,11 @@ class RecordingServer:
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
         self.messages.append((event, data))
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "send_progress_text" and hasattr(server.PromptServer, name):  # current host only
+            return functools.partial(server.PromptServer.send_progress_text, self)
+        raise AttributeError(name)
+
 
 @dataclass
 class Execution:
@@ -302,6 +312,15 @@ class Execution:
     status_messages: list[tuple[str, dict]]
     server_messages: list[tuple[str, Any]]
     outputs: dict[str, dict] = field(default_factory=dict)  # node id -> its UI output (images, text, ...)
+
+    def node_texts(self) -> dict[str, list[str]]:
+        """The texts the server sent to show on nodes (the current host's progress text), by node id."""
+        texts: dict[str, list[str]] = {}
+        for event, data in self.server_messages:
+            if isinstance(data, (bytes, bytearray)) and event == getattr(server.BinaryEventTypes, "TEXT", None):
+                (length,) = struct.unpack(">I", data[:4])
+                texts.setdefault(data[4:4 + length].decode(), []).append(data[4 + length:].decode())
+        return texts
 
     def error(self) -> str | None:
         for event, data in self.status_messages:
@@ -318,13 +337,18 @@ def execute(prompt: dict[str, dict], outputs: list[str], workflow: dict | None =
     Extra data is what the frontend sends: a client id (so every per-node message is sent, and recorded) and the
     workflow for the images' metadata.
     """
-    server = RecordingServer()
-    executor = execution.PromptExecutor(server)
+    recording = RecordingServer()
+    executor = execution.PromptExecutor(recording)
     extra_data = {"client_id": "ag-test", "extra_pnginfo": {"workflow": workflow or {}}}
-    executor.execute(prompt, "ag-test", extra_data, outputs)
+    running = getattr(server.PromptServer, "instance", None)
+    server.PromptServer.instance = recording  # as the running server is, for the nodes
+    try:
+        executor.execute(prompt, "ag-test", extra_data, outputs)
+    finally:
+        server.PromptServer.instance = running
     history = getattr(executor, "history_result", None)  # current host; the 2024 host keeps outputs_ui
     ui_outputs = history["outputs"] if history is not None else executor.outputs_ui
-    return Execution(executor.success, list(executor.status_messages), server.messages, dict(ui_outputs))
+    return Execution(executor.success, list(executor.status_messages), recording.messages, dict(ui_outputs))
 
 
 class OutputDirectories:
