@@ -6,8 +6,8 @@ from typing import Any
 
 import nodes as comfy_nodes
 
-from ..guidance.comfy_bridge import prompt_tokens
-from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens, map_subjects
+from ..guidance.comfy_bridge.text import subject_tokens
+from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens
 from .common import CATEGORY, TOKENS_TYPE, NodeInputError
 
 logger = logging.getLogger("attention_guidance")
@@ -22,7 +22,7 @@ TEXT_TOOLTIP = "The prompt, exactly as for CLIP Text Encode (weights like (red a
 
 def _subject_tokens(node: str, clip: Any, text: str, subjects: str) -> SubjectTokens:
     try:
-        tokens = map_subjects(text, prompt_tokens(clip, text), subjects)
+        tokens = subject_tokens(clip, text, subjects)
     except SubjectTokenError as error:
         raise NodeInputError(node, "subjects", str(error)) from error
     logger.info("%s: %s", node, tokens.describe())
