@@ -10,7 +10,7 @@ import comfy.model_management
 import comfy.samplers
 import torch
 
-from ..capture.sites import GUIDANCE_LEVEL, sites_at_level
+from ..capture.sites import GUIDANCE_LEVEL
 from ..capture.store import AttentionStore
 from ..engine.run import GuidanceRun
 from ..engine.spec import GuidanceSpec, LevelMaps
@@ -19,8 +19,8 @@ from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
 from .compat import conditional_forward, is_flow_model, positive_conds
 from .host_weights import make_autograd_ready
-from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
-from .sites import attention_sites, guidance_sites
+from .capture import attention_capture
+from .recorder import ForwardComplete, recording
 
 logger = logging.getLogger("attention_guidance")
 
@@ -57,33 +57,29 @@ class SamplingRun:
     the caller owns) and the latent guidance (``spec``). Created by the sampler function, never shared."""
 
     def __init__(self, denoiser: Any, clock: StepClock, extra_args: dict, spec: GuidanceSpec | None,
-                 history: list[StepMaps] | None, early_stop: bool, observer: GuidanceObserver | None) -> None:
+                 history: list[StepMaps] | None, early_stop: bool, observer: GuidanceObserver | None,
+                 latent: torch.Tensor) -> None:
         self.clock = clock
         self.history = history
         base_model = denoiser.inner_model.inner_model
-        sites = guidance_sites(base_model)
+        capture = attention_capture(base_model, latent, spec.tokens if spec else None,
+                                    spec.dit_blocks if spec else None)
         positive = _guidance_conds(denoiser, extra_args)
         token_count = positive[0]["model_conds"]["c_crossattn"].cond.shape[1]
         model_options = extra_args.get("model_options", {})
         self.sampling_store = AttentionStore(token_count)
-        self.sampling_options = options_with_store(options_with_recorder(model_options, sites), self.sampling_store)
+        self.sampling_options = capture.recording_options(model_options, self.sampling_store)
         self.guidance: GuidanceRun | None = None
         if spec is None or not spec.active:
             return
         self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model), observer or _LoggingObserver(),
                                     comfy.model_management.throw_exception_if_processing_interrupted)
-        self._base_model, self._positive = base_model, positive
-        # The guidance pass records latent/4 and the extra levels the terms read; the sampling passes record
-        # latent/4 only, for AG_ATTENTION.
-        all_sites = attention_sites(base_model)
-        self._levels = [GUIDANCE_LEVEL] + [level for level in spec.levels
-                                           if level != GUIDANCE_LEVEL and sites_at_level(all_sites, level)]
-        guided_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
-        layer_calls = sum(site.depth for site in guided_sites)
+        self._base_model, self._positive, self._capture = base_model, positive, capture
         self._guidance_store = AttentionStore(token_count, guidance_pass=True, expected_rows=None)
-        self._expected_rows_per_image = layer_calls if early_stop else None
-        self._guidance_options = options_with_store(options_with_recorder(model_options, guided_sites),
-                                                    self._guidance_store)
+        plan = capture.guidance_plan(model_options, self._guidance_store, spec)
+        self._levels = plan.levels
+        self._expected_rows_per_image = plan.calls_per_image if early_stop else None
+        self._guidance_options = plan.options
 
     def guidance_forward(self, sigma: torch.Tensor) -> Forward:
         """The guidance pass at noise level ``sigma`` (``[1]``): the positive prompt alone, stopped once every
@@ -101,7 +97,7 @@ class SamplingRun:
                                         self._guidance_options)
                 except ForwardComplete:
                     pass
-            return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
+            return self._capture.level_maps(store, self._levels)
 
         return forward
 
@@ -165,7 +161,7 @@ def guided_sampler_function(base_function: Callable, spec: GuidanceSpec | None, 
             return base_function(model_k, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                                  **options)
         extra_args = dict(extra_args or {})
-        run = SamplingRun(model_k, step_clock(sigmas, base_function), extra_args, spec, history, early_stop, observer)
+        run = SamplingRun(model_k, step_clock(sigmas, base_function), extra_args, spec, history, early_stop, observer, x)
         extra_args["model_options"] = run.sampling_options
         if history is not None:
             history.clear()
