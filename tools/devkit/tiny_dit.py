@@ -171,6 +171,13 @@ _MODELS = {
 }
 
 
+def tiny_dit_model(family: str) -> Any:
+    """Only the MODEL of ``family``, built outside inference mode (normal tensors, e.g. to convert to fp64)."""
+    if family not in _MODELS:
+        raise ValueError(f"unknown DiT family {family!r}; expected one of {DIT_FAMILIES + UNSUPPORTED_DIT_FAMILIES}")
+    return _MODELS[family](torch.Generator().manual_seed(SEED))
+
+
 def tiny_dit_checkpoint(family: str) -> TinyCheckpoint:
     """A fresh tiny model, text encoder and 16-channel TAESD-format VAE of a DiT ``family``, deterministic."""
     if family not in _MODELS:
