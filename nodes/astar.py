@@ -10,6 +10,7 @@ from ..guidance.methods.astar import astar, paper_schedule
 from ..guidance.subjects.layout import SubjectLayout
 from ..guidance.subjects.tokens import SubjectTokens
 from .common import LAYOUT_TYPE, TOKENS_TYPE, GuidanceNode, NodeInputError
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 from .schedule_inputs import build_schedule, schedule_inputs
 
 _SCHEDULE_INPUTS = ("step_size", "guided_percent")  # A-STAR has no refinement criterion
@@ -49,19 +50,22 @@ class AStar(GuidanceNode):
                 "layout": (LAYOUT_TYPE, {"tooltip": "Where each subject should appear (Subject Layout nodes), "
                                                     "made from the same tokens. Subjects whose mask covers the "
                                                     "whole image keep their own region. Not connected: no layout."}),
+                **dit_blocks_input(),
             },
         }
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, binarisation: str,
-              preprocessing: str, weight: float, layout: SubjectLayout | None = None) -> tuple[GuidanceSpec]:
+              preprocessing: str, weight: float, layout: SubjectLayout | None = None, dit_blocks: str = "auto"
+              ) -> tuple[GuidanceSpec]:
         if not tokens.subjects:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, "", "", 0)
         config = AStarConfig(preprocessing=preprocessing, binarisation=binarisation)
         try:
-            return (astar(tokens, schedule, config, layout, weight),)
+            spec = astar(tokens, schedule, config, layout, weight)
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "layout", str(error)) from error
+        return (with_dit_blocks(self.DISPLAY_NAME, spec, dit_blocks),)
 
 
 NODE_CLASS_MAPPINGS = {"AG_AStar": AStar}

@@ -7,6 +7,7 @@ from ..guidance.losses.attend_excite import AttendExciteConfig
 from ..guidance.methods.attend_excite import attend_and_excite
 from ..guidance.subjects.tokens import SubjectTokens
 from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 from .schedule_inputs import build_schedule, schedule_inputs
 
 
@@ -29,17 +30,17 @@ class AttendAndExcite(GuidanceNode):
             "normalize_eot": ("BOOLEAN", {"default": config.normalize_eot, "tooltip":
                               "Compare subjects against the prompt's words only, ignoring end and padding tokens "
                               "(the authors use this for SD 2.1)."}),
-        }}
+        }, "optional": dit_blocks_input()}
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, refinement_percents: str,
               refinement_thresholds: str, max_refinement_steps: int, smoothing: bool, smoothing_sigma: float,
-              normalize_eot: bool) -> tuple[GuidanceSpec]:
+              normalize_eot: bool, dit_blocks: str = "auto") -> tuple[GuidanceSpec]:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, refinement_percents,
                                   refinement_thresholds, max_refinement_steps)
         if not tokens.subjects:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
         config = AttendExciteConfig(smooth_attentions=smoothing, sigma=smoothing_sigma, normalize_eot=normalize_eot)
-        return (attend_and_excite(tokens, schedule, config),)
+        return (with_dit_blocks(self.DISPLAY_NAME, attend_and_excite(tokens, schedule, config), dit_blocks),)
 
 
 NODE_CLASS_MAPPINGS = {"AG_AttendAndExcite": AttendAndExcite}

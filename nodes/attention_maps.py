@@ -15,6 +15,7 @@ from ..guidance.inspection.history import AttentionHistory, history_tensors
 from ..guidance.inspection.viz import COLOR_MAPS, NORMALIZATIONS, STEP_CHOICES, select_steps
 from ..guidance.subjects.tokens import SubjectTokens
 from .common import ATTENTION_TYPE, CATEGORY, TOKENS_TYPE, GuidanceNode, NodeInputError
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 
 ATTENTION_TOOLTIP = "The attention maps from a Guided KSampler's attention output."
 
@@ -31,12 +32,12 @@ class RecordAttention(GuidanceNode):
         return {"required": {
             "tokens": (TOKENS_TYPE, {"tooltip": "The subjects whose attention is recorded, from CLIP Text Encode "
                                                 "(with subjects)."}),
-        }}
+        }, "optional": dit_blocks_input()}
 
-    def build(self, tokens: SubjectTokens) -> tuple[GuidanceSpec]:
+    def build(self, tokens: SubjectTokens, dit_blocks: str = "auto") -> tuple[GuidanceSpec]:
         if not tokens.subjects:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", "no subjects; name them in the subjects input")
-        return (GuidanceSpec(tokens, (), ()),)
+        return (with_dit_blocks(self.DISPLAY_NAME, GuidanceSpec(tokens, (), ()), dit_blocks),)
 
 
 class VisualizeAttention:

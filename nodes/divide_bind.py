@@ -6,6 +6,7 @@ from ..guidance.losses.divide_bind import DivideBindConfig
 from ..guidance.methods.divide_bind import FIRST_STEP_MAX_REFINEMENT_STEPS, divide_bind, paper_schedule
 from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens
 from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 from .schedule_inputs import build_schedule, schedule_inputs
 
 TV_VARIANTS = {"textbook": "textbook", "reference": "coded"}  # node option -> DivideBindConfig.tv_variant
@@ -46,11 +47,11 @@ class DivideAndBind(GuidanceNode):
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip":
                        "Multiplies this guidance's loss; matters when it is combined with another guidance. "
                        "0 turns it off. Paper: 1."}),
-        }}
+        }, "optional": dit_blocks_input()}
 
     def build(self, tokens: SubjectTokens, mode: str, tv_variant: str, step_size: float, guided_percent: float,
               refinement_percents: str, refinement_thresholds: str, max_refinement_steps: int,
-              first_step_max_refinement_steps: int, weight: float) -> tuple[GuidanceSpec]:
+              first_step_max_refinement_steps: int, weight: float, dit_blocks: str = "auto") -> tuple[GuidanceSpec]:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, refinement_percents,
                                   refinement_thresholds, max_refinement_steps, first_step_max_refinement_steps)
         if tv_variant not in TV_VARIANTS:
@@ -60,9 +61,10 @@ class DivideAndBind(GuidanceNode):
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "mode", str(error)) from error
         try:
-            return (divide_bind(tokens, schedule, config, weight),)
+            spec = divide_bind(tokens, schedule, config, weight)
         except SubjectTokenError as error:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", str(error)) from error
+        return (with_dit_blocks(self.DISPLAY_NAME, spec, dit_blocks),)
 
 
 NODE_CLASS_MAPPINGS = {"AG_DivideAndBind": DivideAndBind}

@@ -7,12 +7,29 @@ import comfy.samplers
 
 import nodes as comfy_nodes
 
-from ..guidance.comfy_bridge import GuidanceUnavailableError, guided_ksample, guided_sampler, with_guidance
+from ..guidance.comfy_bridge import (
+    GuidanceUnavailableError,
+    UnsupportedModelError,
+    check_guidance,
+    guided_ksample,
+    guided_sampler,
+    with_guidance,
+)
 from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.inspection.history import subject_history
 from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, NodeInputError
 
 GUIDANCE_TOOLTIP = "What to steer and when: from Attend-and-Excite (or another guidance node)."
+
+
+def _check(node: str, model: Any, guidance: GuidanceSpec) -> None:
+    """The model and guidance errors of a run, raised before sampling as the node's input errors."""
+    try:
+        check_guidance(model, guidance)
+    except UnsupportedModelError as error:
+        raise NodeInputError(node, "model", str(error)) from error
+    except ValueError as error:
+        raise NodeInputError(node, "guidance", str(error)) from error
 
 
 class GuidedKSampler:
@@ -34,6 +51,7 @@ class GuidedKSampler:
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                positive: list, negative: list, latent_image: dict, denoise: float, guidance: GuidanceSpec
                ) -> tuple[dict, Any]:
+        _check(self.DISPLAY_NAME, model, guidance)
         try:
             latent, steps_maps = guided_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise, guidance)
@@ -82,6 +100,7 @@ class ApplyGuidance:
         }}
 
     def apply(self, model: Any, guidance: GuidanceSpec) -> tuple[Any]:
+        _check(self.DISPLAY_NAME, model, guidance)
         try:
             return (with_guidance(model, guidance),)
         except GuidanceUnavailableError as error:

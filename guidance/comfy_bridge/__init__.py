@@ -3,6 +3,7 @@ their doors into the host's samplers, prompt tokens and the Attention Regulation
 
 Everything here works on the current ComfyUI and on the early-2024 one; where they differ, ``compat`` says how.
 """
+from .capture import check_guidance
 from .doors import guided_ksample, ksampler_sigmas, with_guidance
 from .regulation import RegulationPatch, regulation_sites, with_regulation
 from .sampling import GuidanceUnavailableError, guided_sampler
@@ -11,6 +12,7 @@ from .text import prompt_tokens
 
 __all__ = [
     "SUPPORTED_FAMILIES", "GuidanceUnavailableError", "RegulationPatch", "UnsupportedModelError", "attention_sites",
+    "check_guidance",
     "guidance_sites", "guided_ksample", "guided_sampler", "ksampler_sigmas", "prompt_tokens", "regulation_sites",
     "with_guidance", "with_regulation",
 ]

@@ -14,6 +14,7 @@ from ..capture.sites import GUIDANCE_LEVEL, sites_at_level
 from ..capture.store import AttentionStore
 from ..engine.spec import GuidanceSpec, LevelMaps
 from ..subjects.tokens import SubjectTokens
+from .compat import is_flow_model
 from .dit.capture import DiTCapture
 from .dit.families import DIT_FAMILIES, dit_family, is_transformer
 from .plan import GuidancePlan
@@ -72,4 +73,13 @@ def attention_capture(base_model: Any, latent: torch.Tensor, tokens: SubjectToke
     return UNetCapture(base_model)
 
 
-__all__ = ["DIT_FAMILIES", "AttentionCapture", "GuidancePlan", "UNetCapture", "attention_capture"]
+def check_guidance(model: Any, spec: GuidanceSpec) -> None:
+    """What sampling ``model`` with ``spec`` would refuse, raised before sampling: :class:`UnsupportedModelError`
+    (the model), ``TokenLayoutError`` or ``BlockSelectionError`` (the tokens or blocks of the guidance), ValueError
+    (a SOC step size on a model that is not a flow)."""
+    base_model = getattr(model, "model", model)
+    attention_capture(base_model, torch.zeros(1, 1, 2, 2), spec.tokens, spec.dit_blocks)
+    spec.for_run([1.0, 0.0], is_flow_model(base_model))
+
+
+__all__ = ["DIT_FAMILIES", "AttentionCapture", "GuidancePlan", "UNetCapture", "attention_capture", "check_guidance"]

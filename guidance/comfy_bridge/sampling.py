@@ -73,7 +73,8 @@ class SamplingRun:
         if spec is None or not spec.active:
             return
         self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model), observer or _LoggingObserver(),
-                                    comfy.model_management.throw_exception_if_processing_interrupted)
+                                    comfy.model_management.throw_exception_if_processing_interrupted,
+                                    self.clock.sigmas)
         self._base_model, self._positive, self._capture = base_model, positive, capture
         self._guidance_store = AttentionStore(token_count, guidance_pass=True, expected_rows=None)
         plan = capture.guidance_plan(model_options, self._guidance_store, spec)

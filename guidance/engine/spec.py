@@ -9,7 +9,7 @@ its target is unmet, each term up to its own cap.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -93,6 +93,11 @@ class GuidanceSpec:
     def _term_active(self, index: int) -> bool:
         schedule = self.schedules[index]
         return self.terms[index].weight != 0 and schedule.guided_percent > 0 and schedule.scale_factor > 0
+
+    def for_run(self, sigmas: Sequence[float], flow: bool) -> GuidanceSpec:
+        """The spec for one run over ``sigmas`` (see :meth:`GuidanceSchedule.for_run`)."""
+        schedules = tuple(schedule.for_run(sigmas, flow) for schedule in self.schedules)
+        return self if schedules == self.schedules else replace(self, schedules=schedules)
 
     @property
     def active(self) -> bool:

@@ -1,6 +1,9 @@
 """Two guidances as one: their terms run together in one engine pass, each keeping its weight and schedule."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..capture.blocks import describe_blocks
 from ..engine.spec import GuidanceSpec
 from ..subjects.tokens import SubjectTokens
 
@@ -27,11 +30,16 @@ def combine(a: GuidanceSpec, b: GuidanceSpec) -> GuidanceSpec:
         raise CombineError(
             f"the two guidances were built for different prompts ('{a.tokens.prompt}' and '{b.tokens.prompt}'); "
             f"build both from the tokens of the prompt you sample with")
-    return GuidanceSpec(_merged_tokens(a.tokens, b.tokens), a.terms + b.terms, a.schedules + b.schedules)
+    if a.dit_blocks != b.dit_blocks:
+        raise CombineError(
+            f"the two guidances read different transformer blocks ({describe_blocks(a.dit_blocks)} and "
+            f"{describe_blocks(b.dit_blocks)}); they share one recording: give both the same dit_blocks")
+    return GuidanceSpec(_merged_tokens(a.tokens, b.tokens), a.terms + b.terms, a.schedules + b.schedules,
+                        a.dit_blocks)
 
 
 def _merged_tokens(a: SubjectTokens, b: SubjectTokens) -> SubjectTokens:
     known = set(a.subject_positions)
     extra = tuple(subject for subject in b.subjects if subject.word.positions not in known)
-    return SubjectTokens(a.prompt, a.pieces, a.subjects + extra, a.auto_picked and b.auto_picked)
+    return replace(a, subjects=a.subjects + extra, auto_picked=a.auto_picked and b.auto_picked)
 
