@@ -216,3 +216,39 @@ def test_early_stop_runs_no_block_past_the_deepest_recorded_one(tiny_dit):
     assert {name: count for name, count in counts["guidance"].items() if name != "double 0"} == \
         dict.fromkeys([name for name in watched if name != "double 0"], 0)
     assert all(count >= 2 for count in counts["sampling"].values())
+
+
+def test_an_unknown_double_block_falls_back_to_the_stock_block_and_the_guard(tiny_dit):
+    """A double block this host's out-of-place copy does not know (here: a subclass) runs as it is, without
+    checkpointing; the engine's guidance pass then meets the in-place failure, turns the saved-tensor guard on and
+    gets the exact gradient."""
+    _, blocks, _, _, _, update = _modules()
+    forward = GuidedForward("flux", conditioning_for(tiny_dit, "flux"), torch.float64)
+    for block in forward.model.double_blocks:
+        block.__class__ = type("ChangedDoubleBlock", (type(block),), {})
+    assert not blocks.supports_out_of_place(forward.model.double_blocks[0])
+    engine_spec = ag("guidance.engine.spec")
+    level_maps = ag("guidance.engine.spec").LevelMaps
+
+    class Weighted:
+        weight, levels, joint_attention = 1.0, (), True
+
+        def evaluate(self, inputs):
+            loss = (inputs.maps * forward.weights[0]).sum() + 100 * (inputs.joint_maps * forward.weights[1]).sum()
+            return types.SimpleNamespace(loss=loss.reshape(1))
+
+    def engine_forward(x):
+        forward.loss(x)
+        return {4: level_maps(forward.store.aggregate(4), forward.store.head_count(4), forward.store.aggregate_joint(4))}
+
+    schedule = ag("guidance.engine.schedule").GuidanceSchedule(refinement_points=())
+    spec = engine_spec.GuidanceSpec(types.SimpleNamespace(), (Weighted(),), (schedule,))
+    guard = update.SavedTensorGuard()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(LATENT, generator=generator, dtype=torch.float64)
+    direction = torch.randn(LATENT, generator=generator, dtype=torch.float64)
+    result = update.guidance_pass(x, spec, engine_forward, update.StepContext(0, 10, 0.7), guard)
+    assert guard.enabled
+    with torch.no_grad():
+        difference = (forward.loss(x + 1e-4 * direction) - forward.loss(x - 1e-4 * direction)) / 2e-4
+    assert relative_error((float((result.grad * direction).sum()), float(difference))) < 1e-6
