@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,29 @@ def _mask_rows(mask: torch.Tensor, heads: slice, rows: slice, columns: slice) ->
     return mask
 
 
+def _head_chunk(q_image: torch.Tensor, k_text: torch.Tensor, k_all: torch.Tensor | None, text_bias: torch.Tensor | None,
+                all_bias: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One head chunk's image rows: text-normalised probabilities and, with ``k_all``, joint ones, summed over the
+    chunk's heads: ``[B, h, N, D] -> [B, N, T]``."""
+    logits = q_image @ k_text.transpose(-1, -2) * scale
+    if text_bias is not None:
+        logits = logits + text_bias
+    text = torch.softmax(logits, dim=-1).sum(dim=1)
+    if k_all is None:
+        return text, None
+    every = q_image @ k_all.transpose(-1, -2) * scale
+    if all_bias is not None:
+        every = every + all_bias
+    return text, torch.exp(logits - torch.logsumexp(every, dim=-1, keepdim=True)).sum(dim=1)
+
+
 def text_attention(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, joint: bool = False,
                    mask: torch.Tensor | None = None, heads_per_chunk: int = 1) -> TextAttention:
     """The image queries' attention on the text keys, summed over heads; ``mask`` as the host's attention takes it.
 
     ``heads_per_chunk`` heads are computed at a time, so the largest tensor is ``[B, heads_per_chunk, N, T]``
-    (``[..., N, L]`` with ``joint``).
+    (``[..., N, L]`` with ``joint``). When autograd records, each chunk is checkpointed: a backward keeps only its
+    inputs and recomputes one chunk at a time (FOCUS's joint rows are ``N x L`` per head).
     """
     batch, heads, length, dim = q.shape
     if length != layout.length or k.shape[2] != length:
@@ -83,20 +101,22 @@ def text_attention(q: torch.Tensor, k: torch.Tensor, layout: JointLayout, joint:
     scale = dim ** -0.5
     rows = slice(layout.image_start, layout.image_start + layout.image_count)
     text = slice(layout.text_start, layout.text_start + layout.text_count)
+    recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
     text_sum = torch.zeros((), dtype=dtype, device=q.device)
     joint_sum = torch.zeros((), dtype=dtype, device=q.device) if joint else None
     for first in range(0, heads, heads_per_chunk):
         chunk = slice(first, min(first + heads_per_chunk, heads))
-        q_image = q[:, chunk, rows].to(dtype)
-        logits = q_image @ k[:, chunk, text].to(dtype).transpose(-1, -2) * scale
-        if mask is not None:
-            logits = logits + _mask_rows(mask, chunk, rows, text).to(dtype)
-        text_sum = text_sum + torch.softmax(logits, dim=-1).sum(dim=1)
+        inputs = (q[:, chunk, rows].to(dtype), k[:, chunk, text].to(dtype),
+                  k[:, chunk].to(dtype) if joint else None,
+                  None if mask is None else _mask_rows(mask, chunk, rows, text).to(dtype),
+                  None if mask is None or not joint else _mask_rows(mask, chunk, rows, slice(None)).to(dtype))
+        if recorded:
+            text_part, joint_part = torch.utils.checkpoint.checkpoint(_head_chunk, *inputs, scale, use_reentrant=False)
+        else:
+            text_part, joint_part = _head_chunk(*inputs, scale)
+        text_sum = text_sum + text_part
         if joint_sum is not None:
-            every = q_image @ k[:, chunk].to(dtype).transpose(-1, -2) * scale
-            if mask is not None:
-                every = every + _mask_rows(mask, chunk, rows, slice(None)).to(dtype)
-            joint_sum = joint_sum + torch.exp(logits - torch.logsumexp(every, dim=-1, keepdim=True)).sum(dim=1)
+            joint_sum = joint_sum + joint_part
     return TextAttention(text_sum, joint_sum, heads)
 
 

