@@ -8,9 +8,15 @@ from ..guidance.regulation import RegulationConfig
 from ..guidance.regulation.config import MODES
 from ..guidance.regulation.run import RegulationSpec
 from ..guidance.subjects.tokens import SubjectTokens
+from ..guidance.capture.blocks import BlockSelectionError, parse_blocks
 from .common import CATEGORY, TOKENS_TYPE, NodeInputError
 
 PAPER = RegulationConfig()
+DIT_BLOCKS_TOOLTIP = (
+    "FLUX, Chroma and SD3.5 only (SD1.x, SD2.x and SDXL ignore it): which joint blocks are edited, counted from 0. "
+    "auto: every double block of FLUX and joint block of SD3.5; each edited block runs the bias search at every "
+    "edited step, so fewer blocks (e.g. 0-9) cost less. Examples: auto, 0-9, 0, 2, 4-7."
+)
 
 
 class AttentionRegulation:
@@ -21,7 +27,8 @@ class AttentionRegulation:
         "step so that each subject reaches a strong peak and an equal share of attention. No gradient flows "
         "through the UNet and the latent is not changed directly. Connect the output to the stock KSampler or any "
         "sampler node. Needs images of about 512x512 px or more (SD1.x/SD2.x) so that those layers' maps are at "
-        "least 16x16; below that it does nothing and says so in the log."
+        "least 16x16; below that it does nothing and says so in the log. On FLUX, Chroma and SD3.5 the same bias "
+        "goes onto the image tokens' attention logits on the subject tokens in the joint blocks (dit_blocks)."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
@@ -33,7 +40,8 @@ class AttentionRegulation:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
+                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model, or FLUX, Chroma or SD3.5 (default "
+                                               "mode only)."}),
                 "tokens": (TOKENS_TYPE, {
                     "tooltip": "The subject tokens of the positive prompt (from CLIP Text Encode (with subjects)). "
                                "All tokens of all subjects are regulated.",
@@ -52,21 +60,34 @@ class AttentionRegulation:
                     "default": PAPER.mode,
                     "tooltip": "default: edited attention rows sum to 1 and every image of a batch gets its own "
                                "bias. reference: exactly as the authors coded it (start and end token attention "
-                               "restored after the edit, fp16 rounding, one best iterate per batch).",
+                               "restored after the edit, fp16 rounding, one best iterate per batch; UNets only).",
                 }),
-            }
+            },
+            "optional": {"dit_blocks": ("STRING", {"default": "auto", "tooltip": DIT_BLOCKS_TOOLTIP})},
         }
 
-    def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str) -> tuple[Any]:
+    def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str,
+              dit_blocks: str = "auto") -> tuple[Any]:
         config = RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps)
+        try:
+            blocks = parse_blocks(dit_blocks)
+        except BlockSelectionError as error:
+            raise NodeInputError(self.DISPLAY_NAME, "dit_blocks", str(error)) from error
+        if mode != "default" and tokens.segments:  # T5 tokens: a FLUX, Chroma or SD3.5 prompt
+            raise NodeInputError(self.DISPLAY_NAME, "mode", "on FLUX, Chroma and SD3 Attention Regulation runs in "
+                                 "default mode only: reference mode reproduces the authors' UNet arithmetic")
         try:
             spec = RegulationSpec.from_tokens(tokens, config)
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", str(error)) from error
         try:
-            return (with_regulation(model, spec),)
+            return (with_regulation(model, spec, dit_blocks=blocks),)
         except UnsupportedModelError as error:
             raise NodeInputError(self.DISPLAY_NAME, "model", str(error)) from error
+        except BlockSelectionError as error:
+            raise NodeInputError(self.DISPLAY_NAME, "dit_blocks", str(error)) from error
+        except ValueError as error:
+            raise NodeInputError(self.DISPLAY_NAME, "mode", str(error)) from error
 
 
 NODE_CLASS_MAPPINGS = {"AG_AttentionRegulation": AttentionRegulation}

@@ -32,7 +32,9 @@ def _subject_tokens(node: str, clip: Any, text: str, subjects: str) -> SubjectTo
 def _inputs() -> dict:
     return {
         "required": {
-            "clip": ("CLIP", {"tooltip": "The CLIP model of the checkpoint that samples."}),
+            "clip": ("CLIP", {"tooltip": "The text encoder of the model that samples: its checkpoint's CLIP, or for "
+                              "FLUX, Chroma and SD3.5 the CLIP loader's output (DualCLIPLoader, CLIPLoader, "
+                              "TripleCLIPLoader). FLUX and Chroma read T5 tokens, SD3.5 CLIP and T5 tokens."}),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": TEXT_TOOLTIP}),
             "subjects": ("STRING", {"default": "", "tooltip": SUBJECTS_TOOLTIP}),
         }

@@ -17,9 +17,11 @@ from ..regulation.run import RegulationEvent, RegulationRun, RegulationSpec
 from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP
 from .patches import conditional_chunks, layer_output, with_attn2_patches
 from .sampling import step_clock
-from .sites import guidance_sites
+from ..capture.blocks import resolve_blocks
+from .dit.families import dit_family, is_transformer
+from .dit.regulation import REGULATION_GRID_KEY, REGULATION_RUN_KEY, image_token_grid, with_regulated_blocks
+from .sites import SUPPORTED_FAMILIES, UnsupportedModelError, guidance_sites
 
-REGULATION_RUN_KEY = "attention_regulation_run"
 REGULATION_WRAPPER_KEY = "attention_guidance_regulation"
 
 
@@ -172,21 +174,36 @@ def _regulate_sampling_run(executor: Any, guider: Any, sigmas: torch.Tensor, ext
             callback(*report)
 
     options[REGULATION_RUN_KEY] = RegulationRun(extra_args.get("seed"), lambda sigma: clock.step)
+    options[REGULATION_GRID_KEY] = image_token_grid(args[0])  # the noise: transformers need the latent's grid
     try:
         return executor(_ClockedGuider(guider, clock), sigmas, extra_args, step_finished, *args, **kwargs)
     finally:
         options.pop(REGULATION_RUN_KEY, None)
+        options.pop(REGULATION_GRID_KEY, None)
 
 
-def with_regulation(model: Any, spec: RegulationSpec,
-                    observer: Callable[[RegulationEvent], None] | None = None) -> Any:
+def with_regulation(model: Any, spec: RegulationSpec, observer: Callable[[RegulationEvent], None] | None = None,
+                    dit_blocks: tuple[int, ...] | None = None) -> Any:
     """A clone of ``model`` that runs Attention Regulation in every sampling run; ``edit_steps == 0`` gives a plain
     clone. Applying it to a regulated model replaces the earlier regulation; other packs' attn2 patches are kept.
+    On FLUX, Chroma and SD3 it regulates the joint blocks ``dit_blocks`` (None: every one) in default mode.
 
     A run's state is made per sampling run by a SAMPLER_SAMPLE wrapper (with the noise seed); the 2024 host has no
     such hook, so there the clone carries :class:`~.compat.NoiseLevelRuns`.
     """
-    sites = regulation_sites(model)
+    diffusion_model = model.model.diffusion_model
+    family = dit_family(diffusion_model)
+    if family is None and is_transformer(diffusion_model):
+        raise UnsupportedModelError(
+            f"this model is a {type(diffusion_model).__name__} transformer, which Attention Regulation does not "
+            f"read; it supports {SUPPORTED_FAMILIES}. Use one of those models.")
+    sites = regulation_sites(model) if family is None else []
+    if family is not None:
+        if spec.config.mode != "default":
+            raise ValueError("on FLUX, Chroma and SD3 Attention Regulation runs in default mode only: reference mode "
+                             "reproduces the authors' UNet arithmetic (restored start and end tokens), which a "
+                             "joint attention has no place for")
+        blocks = resolve_blocks(dit_blocks, family.blocks)
     clone = model.clone()
     if spec.config.edit_steps == 0:
         return clone
@@ -194,6 +211,8 @@ def with_regulation(model: Any, spec: RegulationSpec,
         clone.model_options = with_attn2_patches(
             clone.model_options, site.keys(),
             lambda wrapped, site=site: RegulationPatch(site.downsample, spec, observer, wrapped), RegulationPatch)
+    if family is not None:
+        clone.model_options = with_regulated_blocks(clone.model_options, blocks, spec, family.text_offset, observer)
     if HAS_MODEL_WRAPPERS:
         clone.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY)
         clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY, _regulate_sampling_run)
