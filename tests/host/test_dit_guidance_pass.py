@@ -252,3 +252,24 @@ def test_an_unknown_double_block_falls_back_to_the_stock_block_and_the_guard(tin
     with torch.no_grad():
         difference = (forward.loss(x + 1e-4 * direction) - forward.loss(x - 1e-4 * direction)) / 2e-4
     assert relative_error((float((result.grad * direction).sum()), float(difference))) < 1e-6
+
+
+@pytest.mark.parametrize("family,mode", [("flux", "checkpointed"), ("sd3", "stock")])
+def test_checkpoint_replays_during_backward_are_computed_not_recorded(tiny_dit, family, mode):
+    """The backward of a checkpointed block runs the block, and so the pack's override, again: the maps are
+    recomputed (so checkpointing sees the same operations) and the store is left as the forward filled it."""
+    calls = []
+
+    def counting(func, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return func(*args, **kwargs)
+
+    forward = GuidedForward(family, conditioning_for(tiny_dit, family), torch.float32, mode,
+                            model_options={"transformer_options": {"optimized_attention_override": counting}})
+    latent = torch.randn(LATENT, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    loss = forward.loss(latent)
+    forward_calls, maps = len(calls), forward.store.aggregate(4).detach().clone()
+    loss.backward()
+    assert len(calls) > forward_calls  # the blocks ran again during the backward
+    assert torch.equal(forward.store.aggregate(4).detach(), maps) and forward.store.head_count(4) == 2 * \
+        {"flux": 4, "sd3": 2}[family]
