@@ -155,3 +155,22 @@ def test_blocks_beyond_the_model_and_soc_on_a_unet_are_refused(tiny_dit, tiny):
     with pytest.raises(common.NodeInputError, match="Apply Attention Guidance: input 'guidance': the SOC step size "
                                                     "follows a flow model's noise levels"):
         NODES["AG_ApplyGuidance"]().apply(tiny("sd1").model, soc)
+
+
+def test_divide_and_bind_binding_reads_the_token_grid_on_flux(tiny_dit):
+    """D&B's binding reads finer attribute maps (latent/1 and latent/2 on UNets); on a transformer the finest is the
+    token grid, latent/2, which the guidance pass then records beside latent/4."""
+    checkpoint = tiny_dit("flux")
+    spec = method_spec("divide_bind", tokens_for(checkpoint), mode="tv_bind")
+    assert spec.levels == (1, 2)
+    seen = []
+
+    class Levels(PassLosses):
+        def pass_finished(self, context, result):
+            super().pass_finished(context, result)
+            seen.append(result.results[0].jsd)
+
+    observer = Levels()
+    run_guided(checkpoint, one_update(spec), observer)
+    before, after = observer.losses
+    assert after < before and all(jsd.abs().max() > 0 for jsd in seen)
