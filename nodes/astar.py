@@ -10,6 +10,7 @@ from ..guidance.methods.astar import astar, paper_schedule
 from ..guidance.subjects.layout import SubjectLayout
 from ..guidance.subjects.tokens import SubjectTokens
 from .common import LAYOUT_TYPE, TOKENS_TYPE, UNIQUE_ID, GuidanceNode, NodeInputError, warn_on_node
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 from .schedule_inputs import build_schedule, schedule_inputs
 
 _SCHEDULE_INPUTS = ("step_size", "guided_percent")  # A-STAR has no refinement criterion
@@ -49,13 +50,14 @@ class AStar(GuidanceNode):
                 "layout": (LAYOUT_TYPE, {"tooltip": "Where each subject should appear (Subject Layout nodes), "
                                                     "made from the same tokens. Subjects whose mask covers the "
                                                     "whole image keep their own region. Not connected: no layout."}),
+                **dit_blocks_input(),
             },
             "hidden": UNIQUE_ID,
         }
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, binarisation: str,
-              preprocessing: str, weight: float, layout: SubjectLayout | None = None, unique_id: str | None = None
-              ) -> dict:
+              preprocessing: str, weight: float, layout: SubjectLayout | None = None, dit_blocks: str = "auto",
+              unique_id: str | None = None) -> dict:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, "", "", 0)
         config = AStarConfig(preprocessing=preprocessing, binarisation=binarisation)
         try:
@@ -66,6 +68,7 @@ class AStar(GuidanceNode):
         if len(tokens.subjects) == 1:
             warnings.append(f"one subject ({tokens.labels[0]}): segregation keeps two or more subjects apart, so "
                             "only retention acts; name every subject of the prompt in the subjects input")
+        spec = with_dit_blocks(self.DISPLAY_NAME, spec, dit_blocks)
         return {"ui": warn_on_node(self.DISPLAY_NAME, unique_id, warnings), "result": (spec,)}
 
 

@@ -7,6 +7,7 @@ from ..guidance.losses.attend_excite import AttendExciteConfig
 from ..guidance.methods.attend_excite import attend_and_excite
 from ..guidance.subjects.tokens import OPEN_CLIP_H, SubjectTokens
 from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 from .schedule_inputs import build_schedule, schedule_inputs
 
 NORMALIZE_EOT = ("auto", "on", "off")
@@ -32,18 +33,18 @@ class AttendAndExcite(GuidanceNode):
                               "Compare subjects against the prompt's words only, ignoring end and padding tokens, as "
                               "the authors do for SD 2.1. auto: on for SD2.x (detected from the CLIP that made the "
                               "tokens, SD2.x's OpenCLIP ViT-H), off for the others."}),
-        }}
+        }, "optional": dit_blocks_input()}
 
     def build(self, tokens: SubjectTokens, step_size: float, guided_percent: float, refinement_percents: str,
               refinement_thresholds: str, max_refinement_steps: int, smoothing: bool, smoothing_sigma: float,
-              normalize_eot: str) -> tuple[GuidanceSpec]:
+              normalize_eot: str, dit_blocks: str = "auto") -> tuple[GuidanceSpec]:
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, refinement_percents,
                                   refinement_thresholds, max_refinement_steps)
         if normalize_eot not in NORMALIZE_EOT:
             raise NodeInputError(self.DISPLAY_NAME, "normalize_eot", f"choose one of {', '.join(NORMALIZE_EOT)}")
-        word_tokens_only = tokens.encoder == OPEN_CLIP_H if normalize_eot == "auto" else normalize_eot == "on"
+        word_tokens_only = tokens.text_encoder == OPEN_CLIP_H if normalize_eot == "auto" else normalize_eot == "on"
         config = AttendExciteConfig(smooth_attentions=smoothing, sigma=smoothing_sigma, normalize_eot=word_tokens_only)
-        return (attend_and_excite(tokens, schedule, config),)
+        return (with_dit_blocks(self.DISPLAY_NAME, attend_and_excite(tokens, schedule, config), dit_blocks),)
 
 
 NODE_CLASS_MAPPINGS = {"AG_AttendAndExcite": AttendAndExcite}

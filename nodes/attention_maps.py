@@ -15,6 +15,7 @@ from ..guidance.inspection.history import AttentionHistory, history_tensors
 from ..guidance.inspection.viz import COLOR_MAPS, NORMALIZATIONS, STEP_CHOICES, select_steps
 from ..guidance.subjects.tokens import SubjectTokens
 from .common import ATTENTION_TYPE, CATEGORY, TOKENS_TYPE, UNIQUE_ID, GuidanceNode, NodeInputError, warn_on_node
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 
 ATTENTION_TOOLTIP = "The attention maps from a Guided KSampler's attention output."
 
@@ -31,10 +32,10 @@ class RecordAttention(GuidanceNode):
         return {"required": {
             "tokens": (TOKENS_TYPE, {"tooltip": "The subjects whose attention is recorded, from CLIP Text Encode "
                                                 "(with subjects)."}),
-        }}
+        }, "optional": dit_blocks_input()}
 
-    def build(self, tokens: SubjectTokens) -> tuple[GuidanceSpec]:
-        return (GuidanceSpec(tokens, (), ()),)
+    def build(self, tokens: SubjectTokens, dit_blocks: str = "auto") -> tuple[GuidanceSpec]:
+        return (with_dit_blocks(self.DISPLAY_NAME, GuidanceSpec(tokens, (), ()), dit_blocks),)
 
 
 class VisualizeAttention:

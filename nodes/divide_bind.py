@@ -6,6 +6,7 @@ from ..guidance.losses.divide_bind import DivideBindConfig
 from ..guidance.methods.divide_bind import FIRST_STEP_MAX_REFINEMENT_STEPS, divide_bind, paper_schedule
 from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens
 from .common import TOKENS_TYPE, GuidanceNode, NodeInputError
+from .dit_inputs import dit_blocks_input, with_dit_blocks
 from .schedule_inputs import build_schedule, schedule_inputs
 
 TV_VARIANTS = {"reference": "coded", "textbook": "textbook"}  # node option -> DivideBindConfig.tv_variant
@@ -49,11 +50,11 @@ class DivideAndBind(GuidanceNode):
             "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip":
                        "Multiplies this guidance's loss; matters when it is combined with another guidance. "
                        "0 turns it off. Paper: 1."}),
-        }}
+        }, "optional": dit_blocks_input()}
 
     def build(self, tokens: SubjectTokens, mode: str, tv_variant: str, step_size: float, guided_percent: float,
               refinement_percents: str, refinement_thresholds: str, max_refinement_steps: int,
-              first_step_max_refinement_steps: int, weight: float) -> tuple[GuidanceSpec]:
+              first_step_max_refinement_steps: int, weight: float, dit_blocks: str = "auto") -> tuple[GuidanceSpec]:
         if refinement_thresholds.strip().lower() == AUTO_THRESHOLDS:
             refinement_thresholds = self._paper_thresholds(mode, refinement_percents)
         schedule = build_schedule(self.DISPLAY_NAME, step_size, guided_percent, refinement_percents,
@@ -65,9 +66,10 @@ class DivideAndBind(GuidanceNode):
         except ValueError as error:
             raise NodeInputError(self.DISPLAY_NAME, "mode", str(error)) from error
         try:
-            return (divide_bind(tokens, schedule, config, weight),)
+            spec = divide_bind(tokens, schedule, config, weight)
         except SubjectTokenError as error:
             raise NodeInputError(self.DISPLAY_NAME, "tokens", str(error)) from error
+        return (with_dit_blocks(self.DISPLAY_NAME, spec, dit_blocks),)
 
     def _paper_thresholds(self, mode: str, refinement_percents: str) -> str:
         """The paper's thresholds of ``mode`` as text, for refinement percents with as many points."""

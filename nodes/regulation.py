@@ -8,9 +8,15 @@ from ..guidance.regulation import RegulationConfig
 from ..guidance.regulation.config import MODES
 from ..guidance.regulation.run import RegulationSpec
 from ..guidance.subjects.tokens import SubjectTokens
+from ..guidance.capture.blocks import BlockSelectionError, parse_blocks
 from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError
 
 PAPER = RegulationConfig()
+DIT_BLOCKS_TOOLTIP = (
+    "FLUX, Chroma and SD3.5 only (SD1.x, SD2.x and SDXL ignore it): which joint blocks are edited, counted from 0. "
+    "auto: every double block of FLUX and joint block of SD3.5; each edited block runs the bias search at every "
+    "edited step, so fewer blocks (e.g. 0-9) cost less. Examples: auto, 0-9, 0, 2, 4-7."
+)
 
 
 class AttentionRegulation:
@@ -21,7 +27,9 @@ class AttentionRegulation:
         "step so that each subject reaches a strong peak and an equal share of attention. No gradient flows "
         "through the UNet and the latent is not changed directly. Connect the output to the stock KSampler or any "
         "sampler node. Needs images of about 512x512 px or more (SD1.x/SD2.x) so that those layers' maps are at "
-        "least 16x16; below that it does nothing and says so on this node and in the log."
+        "least 16x16; below that it does nothing and says so on this node and in the log. On FLUX, Chroma and SD3.5 "
+        "the same bias goes onto the image tokens' attention logits on the subject tokens in the joint blocks "
+        "(dit_blocks)."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
@@ -36,12 +44,13 @@ class AttentionRegulation:
             "tooltip": "Edit the first this many percent of the sampling steps, as the other methods' guided "
                        "percentages (50 at 20 steps: the first 10). 0 turns regulation off (the model samples exactly "
                        f"as without this node). Paper: 25 of 50 steps, {PAPER.edit_percent:g} %.",
-        }), **_settings()}, "hidden": UNIQUE_ID}
+        }), **_settings()}, "optional": _dit_blocks(), "hidden": UNIQUE_ID}
 
     def apply(self, model: Any, tokens: SubjectTokens, edit_percent: float, iterations: int, mode: str,
-              unique_id: str | None = None) -> tuple[Any]:
+              dit_blocks: str = "auto", unique_id: str | None = None) -> tuple[Any]:
         return (_regulated(self.DISPLAY_NAME, model, tokens,
-                           RegulationConfig(mode=mode, iterations=iterations, edit_percent=edit_percent), unique_id),)
+                           RegulationConfig(mode=mode, iterations=iterations, edit_percent=edit_percent), dit_blocks,
+                           unique_id),)
 
 
 class AttentionRegulationSteps:
@@ -65,17 +74,18 @@ class AttentionRegulationSteps:
             "default": 25, "min": 0, "max": 10000,
             "tooltip": "How many of the first sampling steps are edited, at any step count (Attention Regulation's "
                        "edit_percent scales with the steps instead). 0 turns regulation off.",
-        }), **_settings()}, "hidden": UNIQUE_ID}
+        }), **_settings()}, "optional": _dit_blocks(), "hidden": UNIQUE_ID}
 
     def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str,
-              unique_id: str | None = None) -> tuple[Any]:
+              dit_blocks: str = "auto", unique_id: str | None = None) -> tuple[Any]:
         return (_regulated(self.DISPLAY_NAME, model, tokens,
-                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps), unique_id),)
+                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps), dit_blocks,
+                           unique_id),)
 
 
 def _model_and_tokens() -> dict:
     return {
-        "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model."}),
+        "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model, or FLUX, Chroma or SD3.5 (default mode only)."}),
         "tokens": (TOKENS_TYPE, {
             "tooltip": "The subject tokens of the positive prompt (from CLIP Text Encode (with subjects)). "
                        "All tokens of all subjects are regulated.",
@@ -96,20 +106,36 @@ def _settings() -> dict:
                        "softmax summing to 1, as the paper writes it, logits stay fp32, and every image of a batch "
                        "gets its own bias. reference: exactly as the authors coded it (start and end token attention "
                        "written back after the edit, so rows sum to more than 1; fp16 rounding; one best iterate per "
-                       "batch). Both run the same bias search with the same targets.",
+                       "batch; UNets only). Both run the same bias search with the same targets.",
         }),
     }
 
 
-def _regulated(node: str, model: Any, tokens: SubjectTokens, config: RegulationConfig, node_id: str | None) -> Any:
+def _dit_blocks() -> dict:
+    return {"dit_blocks": ("STRING", {"default": "auto", "tooltip": DIT_BLOCKS_TOOLTIP})}
+
+
+def _regulated(node: str, model: Any, tokens: SubjectTokens, config: RegulationConfig, dit_blocks: str,
+               node_id: str | None) -> Any:
+    try:
+        blocks = parse_blocks(dit_blocks)
+    except BlockSelectionError as error:
+        raise NodeInputError(node, "dit_blocks", str(error)) from error
+    if config.mode != "default" and tokens.segments:  # T5 tokens: a FLUX, Chroma or SD3.5 prompt
+        raise NodeInputError(node, "mode", "on FLUX, Chroma and SD3 Attention Regulation runs in default mode only: "
+                             "reference mode reproduces the authors' UNet arithmetic")
     try:
         spec = RegulationSpec.from_tokens(tokens, config)
     except ValueError as error:
         raise NodeInputError(node, "tokens", str(error)) from error
     try:
-        return with_regulation(model, spec, node_id=node_id)
+        return with_regulation(model, spec, node_id=node_id, dit_blocks=blocks)
     except UnsupportedModelError as error:
         raise NodeInputError(node, "model", str(error)) from error
+    except BlockSelectionError as error:
+        raise NodeInputError(node, "dit_blocks", str(error)) from error
+    except ValueError as error:
+        raise NodeInputError(node, "mode", str(error)) from error
 
 
 NODE_CLASS_MAPPINGS = {

@@ -12,7 +12,7 @@ from ..guidance.comfy_bridge import (
     PromptMismatchError,
     SubjectEntryError,
     UnsupportedModelError,
-    guidance_sites,
+    check_guidance,
     guided_ksample,
     guided_sampler,
     with_guidance,
@@ -24,12 +24,14 @@ from .common import ATTENTION_TYPE, CATEGORY, GUIDANCE_TYPE, NodeInputError
 GUIDANCE_TOOLTIP = "What to steer and when: from Attend-and-Excite (or another guidance node)."
 
 
-def _check_model(node: str, model: Any) -> None:
-    """Refuses a model the guidance cannot read before any sampling work is done."""
+def _check(node: str, model: Any, guidance: GuidanceSpec) -> None:
+    """The model and guidance errors of a run, raised before sampling as the node's input errors."""
     try:
-        guidance_sites(model)
+        check_guidance(model, guidance)
     except UnsupportedModelError as error:
         raise NodeInputError(node, "model", str(error)) from error
+    except ValueError as error:
+        raise NodeInputError(node, "guidance", str(error)) from error
 
 
 class GuidedKSampler:
@@ -51,7 +53,7 @@ class GuidedKSampler:
     def sample(self, model: Any, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
                positive: list, negative: list, latent_image: dict, denoise: float, guidance: GuidanceSpec
                ) -> tuple[dict, Any]:
-        _check_model(self.DISPLAY_NAME, model)
+        _check(self.DISPLAY_NAME, model, guidance)
         try:
             latent, steps_maps = guided_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise, guidance)
@@ -104,7 +106,7 @@ class ApplyGuidance:
         }}
 
     def apply(self, model: Any, guidance: GuidanceSpec) -> tuple[Any]:
-        _check_model(self.DISPLAY_NAME, model)
+        _check(self.DISPLAY_NAME, model, guidance)
         try:
             return (with_guidance(model, guidance),)
         except GuidanceUnavailableError as error:

@@ -7,8 +7,8 @@ from typing import Any
 
 import nodes as comfy_nodes
 
-from ..guidance.comfy_bridge import prompt_tokens
-from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens, map_subjects
+from ..guidance.comfy_bridge.text import subject_tokens
+from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens
 from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError, warn_on_node
 
 logger = logging.getLogger("attention_guidance")
@@ -28,7 +28,7 @@ def _subject_tokens(node: str, clip: Any, text: str, subjects: str, conditioning
     ``text``) so that the samplers can tell whether they sample that prompt, and the node's ``ui`` text; automatic
     picks and warnings are shown on the node."""
     try:
-        tokens = map_subjects(text, prompt_tokens(clip, text), subjects)
+        tokens = subject_tokens(clip, text, subjects)
     except SubjectTokenError as error:
         raise NodeInputError(node, "subjects", str(error)) from error
     logger.info("%s: %s", node, tokens.describe())
@@ -40,7 +40,9 @@ def _subject_tokens(node: str, clip: Any, text: str, subjects: str, conditioning
 def _inputs() -> dict:
     return {
         "required": {
-            "clip": ("CLIP", {"tooltip": "The CLIP model of the checkpoint that samples."}),
+            "clip": ("CLIP", {"tooltip": "The text encoder of the model that samples: its checkpoint's CLIP, or for "
+                              "FLUX, Chroma and SD3.5 the CLIP loader's output (DualCLIPLoader, CLIPLoader, "
+                              "TripleCLIPLoader). FLUX and Chroma read T5 tokens, SD3.5 CLIP and T5 tokens."}),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": TEXT_TOOLTIP}),
             "subjects": ("STRING", {"default": "", "tooltip": SUBJECTS_TOOLTIP}),
         },

@@ -8,6 +8,9 @@ Rows, each against plain sampling (the stock KSampler) of the same model, size, 
   step.
 * Divide & Bind and A-STAR with their node defaults through the Guided KSampler, on the same model and settings.
 * Attention Regulation (its node, then the stock KSampler) at 512x512 or more, so that its layers' maps are 16x16.
+* Diffusion transformers (current host only): the tiny FLUX (cfg 1, as FLUX-dev samples) and the tiny SD3 (cfg 4.5)
+  at 512x512, 20 steps: Attend-and-Excite with its node defaults, the same without refinement (its guided window
+  only), and FOCUS with its node defaults (SOC weight, first half of the steps).
 
 Always on the tiny random-weight models, and also on a real checkpoint when ``CHECKPOINT=path`` is set. Each
 configuration runs in its own process (so that its peak memory is its own), after a short warm-up, with the same
@@ -50,6 +53,15 @@ GUIDANCE_ROWS = {
 }
 AR_ITERATIONS, AR_MODE = 20, "default"
 WORKER_FLAG = "--case"
+# Diffusion-transformer rows (same form as GUIDANCE_ROWS) and their guided/plain targets with the default window.
+DIT_ROWS = {
+    "dit_attend_and_excite": ("AG_AttendAndExcite", {}, None),
+    "dit_attend_and_excite_no_refinement": ("AG_AttendAndExcite", {"refinement_percents": "",
+                                                                   "refinement_thresholds": ""}, None),
+    "dit_focus": ("AG_Focus", {}, ("a red cube and a blue sphere", "red cube, blue sphere")),
+}
+ROWS = {**GUIDANCE_ROWS, **DIT_ROWS}
+DIT_TARGETS = {"tiny-flux": 1.7, "tiny-sd3": 2.0}
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,8 @@ class Case:
     steps: int
     edit_steps: int = 0  # Attention Regulation only
     method: str = ""
+    cfg: float = CFG
+    scheduler: str = SCHEDULER
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,31 @@ TINY = Suite("tiny-sd1", 256, 50, "tiny-sdxl", 512, 50, 25, rounds=2)
 TINY_NOTES = ("tiny random-weight models (32 base channels): their attention never reaches A&E's refinement "
               "thresholds, so every refinement point runs all 20 iterations (the worst case); A&E on the tiny SD1.x "
               "at 256x256, Attention Regulation on the tiny SDXL at 512x512 (16x16 maps at latent/4)")
+
+
+@dataclass(frozen=True)
+class DiTSuite:
+    """Plain sampling and the ``DIT_ROWS`` on one tiny transformer (``model``), at ``size`` px and ``steps``."""
+
+    model: str
+    size: int
+    steps: int
+    cfg: float
+    scheduler: str
+    rounds: int
+
+    def cases(self) -> dict[str, Case]:
+        plain = Case("plain", self.model, self.size, self.steps, cfg=self.cfg, scheduler=self.scheduler)
+        return {"plain": plain, **{row: replace(plain, kind="guided", method=row) for row in DIT_ROWS}}
+
+
+DIT_SUITES = (DiTSuite("tiny-flux", 512, 20, 1.0, "simple", rounds=2),
+              DiTSuite("tiny-sd3", 512, 20, 4.5, "sgm_uniform", rounds=2))
+DIT_NOTES = ("tiny random-weight transformers (2 joint blocks of width 64 for FLUX, 128 for SD3): the guidance pass "
+             "runs every joint block (auto), which is 2 of FLUX's 4 blocks (the real FLUX-dev: 19 of 57, a third of "
+             "the forward) and all of SD3's, so a pass costs relatively more here than on the real models; and A&E's "
+             "refinement never meets its thresholds on random weights (every refinement point runs its 20 "
+             "iterations), so the no-refinement row is the guided window's own cost")
 
 
 def checkpoint_suite(path: str, rounds: int) -> Suite:
@@ -191,9 +230,15 @@ def load_model(name: str) -> tuple[Any, Any, str]:
     import torch
 
     if name.startswith("tiny-"):
-        from devkit.tiny_models import tiny_checkpoint
+        from devkit.tiny_models import FAMILIES, tiny_checkpoint
 
-        tiny = tiny_checkpoint(name.removeprefix("tiny-"))
+        family = name.removeprefix("tiny-")
+        if family in FAMILIES:
+            tiny = tiny_checkpoint(family)
+        else:
+            from devkit.tiny_dit import tiny_dit_checkpoint
+
+            tiny = tiny_dit_checkpoint(family)
         return tiny.model, tiny.clip, f"{name} (random weights)"
     import comfy.sd
 
@@ -255,7 +300,7 @@ def run_case(case: Case) -> dict:
     model, clip, model_name = load_model(case.model)
     size = case.size or native_size(model)
     with torch.inference_mode():
-        prompt, subjects = (GUIDANCE_ROWS[case.method][2] if case.method else None) or (PROMPT, SUBJECTS)
+        prompt, subjects = (ROWS[case.method][2] if case.method else None) or (PROMPT, SUBJECTS)
         positive, tokens = node["AG_TextEncodeWithTokens"]().encode(clip, prompt, subjects)["result"]
         negative = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
         latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
@@ -263,7 +308,7 @@ def run_case(case: Case) -> dict:
 
     counter = None
     if case.kind in ("guided", "guided_no_early_stop"):
-        node_id, settings, _ = GUIDANCE_ROWS[case.method]
+        node_id, settings, _ = ROWS[case.method]
         spec = guidance_with_defaults(node[node_id], tokens, **settings)
         warmup_spec = guidance_with_defaults(node[node_id], tokens, **settings, max_refinement_steps=1,
                                              first_step_max_refinement_steps=1)  # one refinement step
@@ -271,7 +316,7 @@ def run_case(case: Case) -> dict:
         guided_ksample = comfy_host.ag("guidance.comfy_bridge.doors").guided_ksample  # the Guided KSampler's path
 
         def sample(steps: int, warmup: bool = False) -> None:
-            guided_ksample(model, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent, 1.0,
+            guided_ksample(model, SEED, steps, case.cfg, SAMPLER, case.scheduler, positive, negative, latent, 1.0,
                            warmup_spec if warmup else spec, observer=counter,
                            early_stop=case.kind != "guided_no_early_stop")
     else:
@@ -281,7 +326,8 @@ def run_case(case: Case) -> dict:
             sampled = node["AG_AttentionRegulationV2"]().apply(model, tokens, edit_percent, AR_ITERATIONS, AR_MODE)[0]
 
         def sample(steps: int, warmup: bool = False) -> None:
-            nodes.KSampler().sample(sampled, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent, 1.0)
+            nodes.KSampler().sample(sampled, SEED, steps, case.cfg, SAMPLER, case.scheduler, positive, negative, latent,
+                                    1.0)
 
     with torch.inference_mode():
         sample(WARMUP_STEPS, warmup=True)
@@ -396,6 +442,31 @@ def suite_report(suite: Suite) -> dict:
     }
 
 
+def dit_report(suite: DiTSuite) -> dict:
+    cases = suite.cases()
+    runs: dict[str, list[dict]] = {name: [] for name in cases}
+    for _ in range(suite.rounds):
+        for name, case in cases.items():
+            runs[name].append(measure(case))
+    results = {name: summary(case_runs, suite.steps) for name, case_runs in runs.items()}
+    plain = results["plain"]
+    target = DIT_TARGETS.get(suite.model)
+    return {
+        "model": runs["plain"][0]["model"], "size": suite.size, "steps": suite.steps, "cfg": suite.cfg,
+        "scheduler": suite.scheduler, "rounds": suite.rounds, "plain": plain,
+        **{row.removeprefix("dit_"): guided_row(plain, results[row], target if "no_refinement" in row else None)
+           for row in DIT_ROWS},
+    }
+
+
+def dit_section() -> dict:
+    """The DiT rows on the first host found, which must have FLUX and SD3 (else the reason they are missing)."""
+    host = hosts.discover()[0]
+    if not (host.path / "comfy" / "ldm" / "flux").is_dir():
+        return {"skipped": comfy_host.NO_DIT_REASON}
+    return {"notes": DIT_NOTES, **{suite.model: dit_report(suite) for suite in DIT_SUITES}}
+
+
 def main() -> None:
     start = time.perf_counter()
     checkpoint = os.environ.get("CHECKPOINT", "")
@@ -417,8 +488,10 @@ def main() -> None:
                      "guidance_pass": "one forward (conditional only) and backward of the UNet for the latent "
                                       "gradient; refinement iterations are passes beyond the first of a step"},
         "load_average_start": [round(load, 2) for load in os.getloadavg()],
-        "tiny": {"notes": TINY_NOTES, **suite_report(TINY)},
     }
+    if "--dit-only" not in sys.argv:
+        report["tiny"] = {"notes": TINY_NOTES, **suite_report(TINY)}
+    report["tiny_dit"] = dit_section()
     if checkpoint:
         path = str(Path(checkpoint).resolve())
         report["checkpoint"] = suite_report(checkpoint_suite(path, rounds=3 if use_cuda() else 1))

@@ -29,22 +29,25 @@ class AttentionStore:
         self._sums: dict[int, torch.Tensor] = {}
         self._map_counts: dict[int, int] = {}
         self._shapes: dict[int, tuple[int, int]] = {}
+        self._joint_sums: dict[int, torch.Tensor] = {}
 
     def __deepcopy__(self, memo: dict) -> "AttentionStore":
         # Model options holding a store are deep-copied by the host; the run must keep talking to one store.
         return self
 
     def add(self, level: int, probabilities: torch.Tensor, height: int, width: int) -> None:
-        batch, heads, pixels, tokens = probabilities.shape
+        self.add_summed(level, probabilities.sum(dim=1), probabilities.shape[1], height, width)
+
+    def add_summed(self, level: int, summed: torch.Tensor, heads: int, height: int, width: int) -> None:
+        """Like :meth:`add`, with the probabilities already summed over their ``heads`` head maps: ``[B, h·w, T]``."""
+        batch, pixels, tokens = summed.shape
         if pixels != height * width:
             raise ValueError(f"{pixels} attention rows do not form a {height}x{width} map")
         if tokens % self.token_count:
             raise ValueError(f"attention over {tokens} tokens does not fit a prompt of {self.token_count} tokens")
         if tokens != self.token_count:
             # CFG batches repeat a shorter context to a common length: token j sits at j, j + T, ...
-            probabilities = probabilities.reshape(batch, heads, pixels, tokens // self.token_count, self.token_count)
-            probabilities = probabilities.sum(dim=-2)
-        summed = probabilities.sum(dim=1)
+            summed = summed.reshape(batch, pixels, tokens // self.token_count, self.token_count).sum(dim=-2)
         if level in self._sums:
             if self._shapes[level] != (height, width) or self._sums[level].shape != summed.shape:
                 raise ValueError(f"layers at level {level} disagree on map shape")
@@ -79,4 +82,21 @@ class AttentionStore:
         self._sums.clear()
         self._map_counts.clear()
         self._shapes.clear()
+        self._joint_sums.clear()
+
+    def add_joint(self, level: int, summed: torch.Tensor) -> None:
+        """A diffusion transformer's exact joint-softmax text probabilities ``[B, h·w, T]`` (summed over heads) of
+        the layer whose text-normalised maps :meth:`add_summed` just took; they share its head count and shape."""
+        tokens = summed.shape[-1]
+        if tokens != self.token_count:
+            summed = summed.reshape(*summed.shape[:-1], tokens // self.token_count, self.token_count).sum(dim=-2)
+        self._joint_sums[level] = self._joint_sums[level] + summed if level in self._joint_sums else summed
+
+    def aggregate_joint(self, level: int) -> torch.Tensor | None:
+        """The mean joint-softmax maps ``[B, h, w, T]`` at ``level``, None when none were recorded."""
+        if level not in self._joint_sums:
+            return None
+        height, width = self._shapes[level]
+        mean = self._joint_sums[level] / self._map_counts[level]
+        return mean.reshape(mean.shape[0], height, width, self.token_count)
 

@@ -20,11 +20,18 @@ from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP, entry_uuid, 
 from .conditioning import TOKENS_HINT, PromptMismatchError, subject_entries
 from .patches import entry_chunks, layer_output, with_attn2_patches
 from .sampling import step_clock
-from .sites import guidance_sites
+from ..capture.blocks import resolve_blocks
+from .dit.families import dit_family, is_transformer
+from .dit.regulation import (
+    REGULATED_ENTRIES_KEY,
+    REGULATION_GRID_KEY,
+    REGULATION_RUN_KEY,
+    image_token_grid,
+    with_regulated_blocks,
+)
+from .sites import SUPPORTED_FAMILIES, UnsupportedModelError, guidance_sites
 
-REGULATION_RUN_KEY = "attention_regulation_run"
 REGULATION_WRAPPER_KEY = "attention_guidance_regulation"
-REGULATED_ENTRIES_KEY = "attention_regulation_entries"  # uuids of the positive entries edited (None: all)
 
 
 def regulation_sites(model: Any) -> list[AttentionSite]:
@@ -208,23 +215,38 @@ def _regulate_sampling_run(spec: RegulationSpec, node_id: str | None, executor: 
     options[REGULATION_RUN_KEY] = RegulationRun(extra_args.get("seed"), lambda sigma: clock.step,
                                                 lambda sigma: clock.step < edited_steps, _image_keys(noise),
                                                 lambda message: show_on_node(node_id, f"Warning: {message}"))
+    options[REGULATION_GRID_KEY] = image_token_grid(noise)  # transformers need the latent's grid
     try:
         return executor(_ClockedGuider(guider, clock), sigmas, extra_args, step_finished, *args, **kwargs)
     finally:
         options.pop(REGULATION_RUN_KEY, None)
         options.pop(REGULATED_ENTRIES_KEY, None)
+        options.pop(REGULATION_GRID_KEY, None)
 
 
 def with_regulation(model: Any, spec: RegulationSpec, observer: Callable[[RegulationEvent], None] | None = None,
-                    node_id: str | None = None) -> Any:
+                    node_id: str | None = None, dit_blocks: tuple[int, ...] | None = None) -> Any:
     """A clone of ``model`` that runs Attention Regulation in every sampling run; an empty edit window gives a plain
     clone. Applying it to a regulated model replaces the earlier regulation; other packs' attn2 patches are kept.
+    On FLUX, Chroma and SD3 it regulates the joint blocks ``dit_blocks`` (None: every one) in default mode.
 
     A run's state is made per sampling run by a SAMPLER_SAMPLE wrapper (with the noise seed and each image's
     noise); the 2024 host has no such hook, so there the clone carries :class:`~.compat.NoiseLevelRuns`. Warnings
     of a run are shown on the node ``node_id`` (the Attention Regulation node) where the host can.
     """
-    sites = regulation_sites(model)
+    diffusion_model = model.model.diffusion_model
+    family = dit_family(diffusion_model)
+    if family is None and is_transformer(diffusion_model):
+        raise UnsupportedModelError(
+            f"this model is a {type(diffusion_model).__name__} transformer, which Attention Regulation does not "
+            f"read; it supports {SUPPORTED_FAMILIES}. Use one of those models.")
+    sites = regulation_sites(model) if family is None else []
+    if family is not None:
+        if spec.config.mode != "default":
+            raise ValueError("on FLUX, Chroma and SD3 Attention Regulation runs in default mode only: reference mode "
+                             "reproduces the authors' UNet arithmetic (restored start and end tokens), which a "
+                             "joint attention has no place for")
+        blocks = resolve_blocks(dit_blocks, family.blocks)
     clone = model.clone()
     if not spec.config.edits:
         return clone
@@ -232,6 +254,8 @@ def with_regulation(model: Any, spec: RegulationSpec, observer: Callable[[Regula
         clone.model_options = with_attn2_patches(
             clone.model_options, site.keys(),
             lambda wrapped, site=site: RegulationPatch(site.downsample, spec, observer, wrapped), RegulationPatch)
+    if family is not None:
+        clone.model_options = with_regulated_blocks(clone.model_options, blocks, spec, family.text_offset, observer)
     if HAS_MODEL_WRAPPERS:
         clone.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY)
         clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, REGULATION_WRAPPER_KEY,

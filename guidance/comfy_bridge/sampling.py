@@ -10,13 +10,14 @@ import comfy.model_management
 import comfy.samplers
 import torch
 
-from ..capture.sites import GUIDANCE_LEVEL, sites_at_level
+from ..capture.sites import GUIDANCE_LEVEL
 from ..capture.store import AttentionStore
 from ..engine.run import GuidanceRun
 from ..engine.spec import GuidanceSpec, LevelMaps
 from ..engine.steps import StepClock
 from ..engine.update import Forward, GuidanceObserver, StepReport
 from ..inspection.history import StepMaps
+from .capture import attention_capture
 from .compat import (
     NOT_DIFFERENTIABLE_FIX,
     blocks_modify_saved_activations,
@@ -25,12 +26,10 @@ from .compat import (
     is_flow_model,
     is_not_differentiable,
     positive_conds,
-    with_differentiable_attention,
 )
 from .conditioning import SubjectEntryError, entry_context, subject_entry
 from .host_weights import entry_networks, make_autograd_ready
-from .recorder import ForwardComplete, options_with_recorder, options_with_store, recording
-from .sites import attention_sites, guidance_sites
+from .recorder import ForwardComplete, recording
 
 logger = logging.getLogger("attention_guidance")
 
@@ -75,7 +74,8 @@ class SamplingRun:
 
     Both read the positive conditioning's subject entry (:func:`~.conditioning.subject_entry`), one row per image of
     ``latent`` ``[B, C, h, w]``: the guidance in a pass of its own, the recording in the sampling passes (or, where
-    the host cannot tell entries apart in a batched call, in a pass of its own too).
+    the host cannot tell entries apart in a batched call, in a pass of its own too). Where they read attention is
+    the model's capture (:func:`~.capture.attention_capture`: UNet layers or transformer blocks).
     """
 
     def __init__(self, denoiser: Any, clock: StepClock, latent: torch.Tensor, extra_args: dict,
@@ -84,36 +84,32 @@ class SamplingRun:
         self.clock = clock
         self.history = history
         base_model = denoiser.inner_model.inner_model
+        capture = attention_capture(base_model, latent, spec.tokens if spec else None,
+                                    spec.dit_blocks if spec else None)
         positive = positive_conds(denoiser, extra_args)
         entry = subject_entry(positive, None if spec is None else spec.tokens, latent)
         token_count = entry_context(entry).shape[0]
         model_options = extra_args.get("model_options", {})
-        self._base_model, self._entry = base_model, entry
+        self._base_model, self._entry, self._capture = base_model, entry, capture
         # the subject entry's ControlNets and GLIGEN take part in the subject pass, as in the sampling passes
         self._networks = [base_model.diffusion_model, *entry_networks(entry)]
-        # The subject pass records latent/4 and the extra levels the terms read; the sampling passes record
-        # latent/4 only, for AG_ATTENTION.
-        all_sites = attention_sites(base_model)
         guiding = spec is not None and spec.active
-        self._levels = [GUIDANCE_LEVEL] + [level for level in (spec.levels if guiding else ())
-                                           if level != GUIDANCE_LEVEL and sites_at_level(all_sites, level)]
-        pass_sites = [site for level in self._levels for site in sites_at_level(all_sites, level)]
-        self._expected_rows_per_image = sum(site.depth for site in pass_sites) if early_stop else None
         self._subject_store = AttentionStore(token_count, guidance_pass=True)
-        self._subject_options = with_differentiable_attention(
-            options_with_store(options_with_recorder(model_options, pass_sites), self._subject_store))
+        plan = capture.guidance_plan(model_options, self._subject_store, spec if guiding else None)
+        self._levels = plan.levels
+        self._expected_rows_per_image = plan.calls_per_image if early_stop else None
+        self._subject_options = plan.options
         self.sampling_store = AttentionStore(token_count)
         entry_id = entry_uuid(entry) if len(positive) > 1 else None
         self.records_in_own_pass = len(positive) > 1 and entry_id is None
-        self.sampling_options = options_with_store(options_with_recorder(model_options, guidance_sites(base_model)),
-                                                   self.sampling_store,
-                                                   None if entry_id is None else frozenset({entry_id}))
+        self.sampling_options = capture.recording_options(model_options, self.sampling_store,
+                                                          None if entry_id is None else frozenset({entry_id}))
         self.guidance: GuidanceRun | None = None
         if guiding:
             self.guidance = GuidanceRun(spec, self.clock.steps, is_flow_model(base_model),
                                         observer or _LoggingObserver(),
                                         comfy.model_management.throw_exception_if_processing_interrupted,
-                                        copy_saved_tensors=blocks_modify_saved_activations())
+                                        self.clock.sigmas, copy_saved_tensors=blocks_modify_saved_activations())
 
     def guidance_forward(self, sigma: torch.Tensor) -> Forward:
         """The subject pass at noise level ``sigma`` (``[1]``): the subject entry alone, stopped once every
@@ -137,7 +133,7 @@ class SamplingRun:
                         raise RuntimeError(f"attention guidance: this ComfyUI's {NOT_DIFFERENTIABLE_FIX}") from error
                     raise
             require_maps(store, float(sigma[0]))
-            return {level: LevelMaps(store.aggregate(level), store.head_count(level)) for level in self._levels}
+            return self._capture.level_maps(store, self._levels)
 
         return forward
 

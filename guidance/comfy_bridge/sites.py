@@ -9,7 +9,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 
 from ..capture.sites import GUIDANCE_LEVEL, AttentionSite, sites_at_level
 
-SUPPORTED_FAMILIES = "SD1.x, SD2.x and SDXL (UNet models with text cross-attention, fine-tunes and merges included)"
+UNET_FAMILIES = "SD1.x, SD2.x and SDXL (UNet models with text cross-attention, fine-tunes and merges included)"
+SUPPORTED_FAMILIES = f"{UNET_FAMILIES}, FLUX.1 (dev, schnell) and Chroma, SD3 and SD3.5 (large, medium)"
 
 
 class UnsupportedModelError(ValueError):
@@ -25,8 +26,8 @@ def attention_sites(model: Any) -> list[AttentionSite]:
     unet = getattr(base_model, "diffusion_model", base_model)
     if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
         raise UnsupportedModelError(
-            f"{type(unet).__name__} is not a UNet with cross-attention blocks; attention guidance supports "
-            f"{SUPPORTED_FAMILIES}. Transformer-only models (SD3, Flux and other DiT/MMDiT) are not supported."
+            f"{type(unet).__name__} is not a UNet with cross-attention blocks; cross-attention layers are read on "
+            f"UNets only, and this supports {UNET_FAMILIES}"
         )
     sites: list[AttentionSite] = []
     downsample = 1
@@ -54,7 +55,7 @@ def guidance_sites(model: Any, level: int = GUIDANCE_LEVEL) -> list[AttentionSit
     sites = sites_at_level(attention_sites(model), level)
     if not sites:
         raise UnsupportedModelError(
-            f"this UNet has no cross-attention layer at latent/{level}; attention guidance supports {SUPPORTED_FAMILIES}"
+            f"this UNet has no cross-attention layer at latent/{level}; attention guidance supports {UNET_FAMILIES}"
         )
     return sites
 

@@ -2,7 +2,7 @@
 next (the previous step's maps, the saved-tensor guard). Pure core: the bridge supplies the forward pass."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -12,12 +12,14 @@ from .update import Forward, GuidanceObserver, SavedTensorGuard, StepContext, gu
 
 class GuidanceRun:
     """One sampling run's guidance: ``steps`` steps, a ``flow`` model or not (see
-    :func:`~.update.latent_step_scale`); created per run, never shared. ``copy_saved_tensors``: the model is known to
-    modify activations autograd saved (see :class:`~.update.SavedTensorGuard`)."""
+    :func:`~.update.latent_step_scale`), over the noise levels ``sigmas`` (which SOC step sizes follow); created per
+    run, never shared. ``copy_saved_tensors``: the model is known to modify activations autograd saved (see
+    :class:`~.update.SavedTensorGuard`)."""
 
     def __init__(self, spec: GuidanceSpec, steps: int, flow: bool, observer: GuidanceObserver | None = None,
-                 check_interrupt: Callable[[], None] = lambda: None, copy_saved_tensors: bool = False) -> None:
-        self.spec = spec
+                 check_interrupt: Callable[[], None] = lambda: None, sigmas: Sequence[float] | None = None,
+                 copy_saved_tensors: bool = False) -> None:
+        self.spec = spec if sigmas is None else spec.for_run(sigmas, flow)
         self.steps = steps
         self.flow = flow
         self.observer = observer or GuidanceObserver()

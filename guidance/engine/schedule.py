@@ -16,8 +16,13 @@ inside it, so the two agree. Should two points round to one step, the later poin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import NamedTuple
+
+CONSTANT, SOC, AUTO = "constant", "soc", "auto"
+WEIGHTINGS = (AUTO, SOC, CONSTANT)
+SOC_EPSILON = 1e-3
 
 
 class RefinementPoint(NamedTuple):
@@ -47,6 +52,11 @@ class GuidanceSchedule:
     max_refinement_steps: int = 20
     scale_factor: float = 20.0
     scale_range: tuple[float, float] = (1.0, 0.5)
+    weighting: str = CONSTANT
+    """``constant``: A&E's step size (:meth:`step_size`); ``soc``: FOCUS's stochastic-optimal-control weight of a flow
+    model's step, ``scale_factor · (σ_i - σ_{i+1}) · 2σ_i(σ_i + ε) / (1 - σ_i + ε)``, ε = 1e-3 (needs the run's
+    noise levels: :meth:`for_run`); ``auto``: ``soc`` on flow models, ``constant`` otherwise."""
+    step_sizes: tuple[float, ...] | None = None  # one run's sizes per step, set by for_run
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.guided_percent <= 100.0:
@@ -59,6 +69,19 @@ class GuidanceSchedule:
             raise ValueError(f"refinement step caps must be >= 0, got {caps}")
         if self.scale_factor < 0 or min(self.scale_range) < 0:
             raise ValueError(f"step sizes must be >= 0, got {self.scale_factor} and {self.scale_range}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+
+    def for_run(self, sigmas: Sequence[float], flow: bool) -> GuidanceSchedule:
+        """This schedule for a run over the noise levels ``sigmas`` (``steps + 1``, last 0) of a flow model or not:
+        with SOC weighting, its step sizes per step. Raises ValueError for SOC on a model that is not a flow."""
+        if self.weighting == CONSTANT or (self.weighting == AUTO and not flow):
+            return self
+        if not flow:
+            raise ValueError("the SOC step size follows a flow model's noise levels (FLUX, SD3); this model is not a "
+                             "flow model: use the constant weighting")
+        return replace(self, step_sizes=tuple(soc_step_size(self.scale_factor, sigmas[i], sigmas[i + 1])
+                                              for i in range(len(sigmas) - 1)))
 
     def guided_steps(self, steps: int) -> int:
         """Number of leading guided steps of a ``steps``-step run."""
@@ -91,11 +114,20 @@ class GuidanceSchedule:
         return self.max_refinement_steps if point is None or point.max_steps is None else point.max_steps
 
     def step_size(self, step: int, steps: int) -> float:
-        """``alpha_i = scale_factor · sqrt(linspace(start, end, T)[i])`` (§1.6); a function of the loop index only."""
+        """``alpha_i = scale_factor · sqrt(linspace(start, end, T)[i])`` (§1.6), a function of the loop index only;
+        with SOC weighting the run's own sizes (:meth:`for_run`)."""
         _check_step(step, steps)
+        if self.step_sizes is not None:
+            return self.step_sizes[step]
         start, end = self.scale_range
         fraction = step / (steps - 1) if steps > 1 else 0.0
         return self.scale_factor * math.sqrt(start + (end - start) * fraction)
+
+
+def soc_step_size(scale: float, sigma: float, next_sigma: float, epsilon: float = SOC_EPSILON) -> float:
+    """FOCUS's weight of the step ``sigma -> next_sigma`` as a pre-step latent update: its velocity perturbation
+    ``λ · 2σ(σ + ε)/(1 - σ + ε) · ∇L`` times the Euler step ``σ - σ'`` (docs/methods.md, "FOCUS")."""
+    return scale * (sigma - next_sigma) * 2 * sigma * (sigma + epsilon) / (1 - sigma + epsilon)
 
 
 def percent_to_step(percent: float, steps: int) -> int:

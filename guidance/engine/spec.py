@@ -9,7 +9,7 @@ its target is unmet, each term up to its own cap.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -25,6 +25,9 @@ class LevelMaps:
 
     maps: torch.Tensor
     heads: int
+    joint: torch.Tensor | None = None
+    """On diffusion transformers, the exact joint-softmax probabilities ``[B, h_k, w_k, T]`` beside ``maps`` (which
+    are normalised over the text keys), when a term reads them (:attr:`LossTerm.joint_attention`)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class TermInputs:
     steps: int
     previous: torch.Tensor | None = None
     level_maps: Mapping[int, LevelMaps] = field(default_factory=dict)
+    joint_maps: torch.Tensor | None = None
+    """``[B, h, w, T]``: on a diffusion transformer, the exact joint-softmax probabilities of the latent/4 maps (a row's
+    text part sums to the share of attention the pixel gives the text); None on UNets, whose cross-attention
+    ``maps`` are exact already, and when no term asked for them."""
 
 
 class LossTerm(Protocol):
@@ -75,6 +82,9 @@ class GuidanceSpec:
     tokens: SubjectTokens
     terms: tuple[LossTerm, ...]
     schedules: tuple[GuidanceSchedule, ...]
+    dit_blocks: tuple[int, ...] | None = None
+    """On diffusion transformers, the joint blocks whose attention is read (None: the family's default); UNets
+    ignore it."""
 
     def __post_init__(self) -> None:
         if len(self.schedules) != len(self.terms):
@@ -83,6 +93,11 @@ class GuidanceSpec:
     def _term_active(self, index: int) -> bool:
         schedule = self.schedules[index]
         return self.terms[index].weight != 0 and schedule.guided_percent > 0 and schedule.scale_factor > 0
+
+    def for_run(self, sigmas: Sequence[float], flow: bool) -> GuidanceSpec:
+        """The spec for one run over ``sigmas`` (see :meth:`GuidanceSchedule.for_run`)."""
+        schedules = tuple(schedule.for_run(sigmas, flow) for schedule in self.schedules)
+        return self if schedules == self.schedules else replace(self, schedules=schedules)
 
     @property
     def active(self) -> bool:
@@ -93,6 +108,12 @@ class GuidanceSpec:
         """The extra attention levels (down-sampling factors) the active terms read, sorted."""
         return tuple(sorted({level for index, term in enumerate(self.terms) if self._term_active(index)
                              for level in term.levels}))
+
+    @property
+    def joint_attention(self) -> bool:
+        """Whether an active term reads a diffusion transformer's exact joint-softmax maps (recorded only then)."""
+        return any(getattr(self.terms[index], "joint_attention", False) for index in range(len(self.terms))
+                   if self._term_active(index))
 
     def _term_guides(self, index: int, step: int, steps: int) -> bool:
         return self._term_active(index) and self.schedules[index].is_guided(step, steps)

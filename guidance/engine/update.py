@@ -115,7 +115,8 @@ def guidance_pass(x: torch.Tensor, spec: GuidanceSpec, forward: Forward, context
                 levels = forward(xg)
                 maps = levels[GUIDANCE_LEVEL].maps
                 extra = {level: level_maps for level, level_maps in levels.items() if level != GUIDANCE_LEVEL}
-                results, loss = spec.evaluate(TermInputs(maps, context.step, context.steps, context.previous, extra))
+                results, loss = spec.evaluate(TermInputs(maps, context.step, context.steps, context.previous, extra,
+                                                         levels[GUIDANCE_LEVEL].joint))
             if loss.shape != (x.shape[0],):
                 raise ValueError(f"the guidance loss has shape {tuple(loss.shape)} for a latent batch of "
                                  f"{x.shape[0]}: one loss per image is needed")

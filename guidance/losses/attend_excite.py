@@ -53,15 +53,17 @@ def excite_maps(
     subjects: Sequence[Sequence[int]],
     config: AttendExciteConfig = AttendExciteConfig(),
     word_positions: Sequence[int] | None = None,
+    columns: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Each subject's re-softmaxed, optionally smoothed map ``Â_s``: ``[B, H, W, T] -> [B, S, H, W]`` (fp32).
 
     ``word_positions`` (positions of the prompt's word tokens, without ``<sot>``/``<eot>``) is required with
-    ``normalize_eot`` and ignored otherwise.
+    ``normalize_eot`` and ignored otherwise. ``columns``: the re-softmax columns without ``normalize_eot``
+    (default: each CLIP chunk's ``[1:-1]``; T5 sequences pass theirs, see ``SubjectTokens.attention_columns``).
     """
     if not subjects:
         raise ValueError("Attend-and-Excite needs at least one subject")
-    columns = None
+    columns = None if columns is None else torch.tensor(columns)
     if config.normalize_eot:
         if not word_positions:
             raise ValueError("normalize_eot needs the prompt's word token positions")
@@ -75,14 +77,15 @@ def attend_excite_loss(
     subjects: Sequence[Sequence[int]],
     config: AttendExciteConfig = AttendExciteConfig(),
     word_positions: Sequence[int] | None = None,
+    columns: Sequence[int] | None = None,
 ) -> AttendExciteLoss:
     """``L = max_s max(0, 1 - m_s)`` per image: ``[B, H, W, T] -> loss [B], maxima [B, S]``.
 
     A loss of exactly 0 (every subject reaches 1) is a zero tensor; the reference returns the int 0 there and
     skips the update (docs/methods.md A&E-ZERO). The gradient reaches only the weakest subject's arg-max pixel and,
-    through smoothing, its neighbourhood. ``word_positions`` as in :func:`excite_maps`.
+    through smoothing, its neighbourhood. ``word_positions`` and ``columns`` as in :func:`excite_maps`.
     """
-    maxima = excite_maps(maps, subjects, config, word_positions).amax(dim=(-2, -1))
+    maxima = excite_maps(maps, subjects, config, word_positions, columns).amax(dim=(-2, -1))
     per_subject = torch.relu(1.0 - maxima)
     # max(dim) sends the gradient to one subject on ties, like the reference's Python max over tensors.
     return AttendExciteLoss(loss=per_subject.max(dim=-1).values, maxima=maxima)

@@ -33,12 +33,15 @@ class AStarTerm:
     config: AStarConfig = AStarConfig()
     layout: SubjectLayout | None = None
     weight: float = 1.0
+    columns: tuple[int, ...] | None = None  # re-softmax columns of "ae" preprocessing (None: CLIP chunks' [1:-1])
 
     def evaluate(self, inputs: TermInputs) -> AStarResult:
         maps = inputs.maps
-        previous = None if inputs.previous is None else concept_maps(inputs.previous, self.subjects, self.config)
+        columns = None if self.columns is None else torch.tensor(self.columns)
+        previous = None if inputs.previous is None else concept_maps(inputs.previous, self.subjects, self.config,
+                                                                     columns)
         grid = None if self.layout is None else self.layout.grid(tuple(maps.shape[1:3]), maps.shape[0])
-        return astar_loss(maps, self.subjects, previous, self.config, grid)
+        return astar_loss(maps, self.subjects, previous, self.config, grid, columns)
 
     def unmet(self, result: Any, threshold: float) -> torch.Tensor:
         """A-STAR has no refinement criterion: never asks for refinement."""
@@ -54,4 +57,5 @@ def astar(tokens: SubjectTokens, schedule: GuidanceSchedule, config: AStarConfig
     if layout is not None and layout.labels != tokens.labels:
         raise ValueError(f"the layout is for the subjects ({', '.join(layout.labels)}) but the tokens name "
                          f"({', '.join(tokens.labels)}); build the layout from the same tokens, one mask per subject")
-    return GuidanceSpec(tokens, (AStarTerm(tokens.subject_positions, config, layout, weight),), (schedule,))
+    term = AStarTerm(tokens.subject_positions, config, layout, weight, tokens.loss_columns)
+    return GuidanceSpec(tokens, (term,), (schedule,))

@@ -21,10 +21,11 @@ class AttendExciteTerm:
     word_positions: tuple[int, ...]
     config: AttendExciteConfig = AttendExciteConfig()
     weight: float = 1.0
+    columns: tuple[int, ...] | None = None  # re-softmax columns (None: each CLIP chunk's [1:-1])
     levels: ClassVar[tuple[int, ...]] = ()
 
     def evaluate(self, inputs: TermInputs) -> Any:
-        return attend_excite_loss(inputs.maps, self.subjects, self.config, self.word_positions)
+        return attend_excite_loss(inputs.maps, self.subjects, self.config, self.word_positions, self.columns)
 
     def unmet(self, result: Any, threshold: float) -> torch.Tensor:
         return needs_refinement(result.loss, threshold)
@@ -33,5 +34,5 @@ class AttendExciteTerm:
 def attend_and_excite(tokens: SubjectTokens, schedule: GuidanceSchedule,
                       config: AttendExciteConfig = AttendExciteConfig(), weight: float = 1.0) -> GuidanceSpec:
     """An Attend-and-Excite guidance; the paper's schedule is :class:`GuidanceSchedule`'s default."""
-    term = AttendExciteTerm(tokens.subject_positions, tokens.word_positions, config, weight)
+    term = AttendExciteTerm(tokens.subject_positions, tokens.word_positions, config, weight, tokens.loss_columns)
     return GuidanceSpec(tokens, (term,), (schedule,))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..capture.blocks import describe_blocks
 from ..engine.spec import GuidanceSpec
 from ..subjects.tokens import SubjectTokens
 
@@ -29,7 +30,12 @@ def combine(a: GuidanceSpec, b: GuidanceSpec) -> GuidanceSpec:
         raise CombineError(
             f"the two guidances were built for different prompts ('{a.tokens.prompt}' and '{b.tokens.prompt}'); "
             f"build both from the tokens of the prompt you sample with")
-    return GuidanceSpec(_merged_tokens(a.tokens, b.tokens), a.terms + b.terms, a.schedules + b.schedules)
+    if a.dit_blocks != b.dit_blocks:
+        raise CombineError(
+            f"the two guidances read different transformer blocks ({describe_blocks(a.dit_blocks)} and "
+            f"{describe_blocks(b.dit_blocks)}); they share one recording: give both the same dit_blocks")
+    return GuidanceSpec(_merged_tokens(a.tokens, b.tokens), a.terms + b.terms, a.schedules + b.schedules,
+                        a.dit_blocks)
 
 
 def _merged_tokens(a: SubjectTokens, b: SubjectTokens) -> SubjectTokens:

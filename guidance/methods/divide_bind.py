@@ -47,6 +47,7 @@ class DivideBindTerm:
     attributes: tuple[tuple[tuple[int, ...], ...], ...]
     config: DivideBindConfig = DivideBindConfig()
     weight: float = 1.0
+    columns: tuple[int, ...] | None = None  # re-softmax columns (None: each CLIP chunk's [1:-1])
 
     @property
     def binds(self) -> bool:
@@ -58,8 +59,9 @@ class DivideBindTerm:
 
     def evaluate(self, inputs: TermInputs) -> DivideBindResult:
         attribute_maps = self._attribute_maps(inputs) if self.binds else None
+        columns = None if self.columns is None else torch.tensor(self.columns)
         return divide_bind_loss(inputs.maps, self.subjects, inputs.step, inputs.steps, self.config, self.attributes,
-                                attribute_maps)
+                                attribute_maps, columns)
 
     def unmet(self, result: DivideBindResult, threshold: float) -> torch.Tensor:
         return needs_refinement(result.indicator, threshold)
@@ -88,5 +90,5 @@ def divide_bind(tokens: SubjectTokens, schedule: GuidanceSchedule, config: Divid
             raise SubjectTokenError(
                 "mode tv_bind binds attributes to their subjects, but no subject has one. Write each attribute "
                 "before its subject in the subjects input ('yellow bowl, blue cat'), or use mode tv.")
-    term = DivideBindTerm(tokens.subject_positions, attributes, config, weight)
+    term = DivideBindTerm(tokens.subject_positions, attributes, config, weight, tokens.loss_columns)
     return GuidanceSpec(tokens, (term,), (schedule,))

@@ -5,7 +5,11 @@ words before it are its attributes (``"red apple, blue car"``: ``apple`` with ``
 ``word#2`` names the second occurrence of a repeated word. An empty ``subjects`` picks the subjects automatically
 (:func:`pick_subjects`).
 
-Positions index the flattened 77·k sequence the encoder produces: position 0 of every chunk is ``<|startoftext|>``.
+Positions index the sequence the model attends over. For CLIP (SD1.x, SD2.x, SDXL) that is the flattened 77·k
+sequence, position 0 of every chunk ``<|startoftext|>``. For T5 (FLUX, Chroma) it is the SentencePiece sequence (no
+start token; ``▁`` starts a word; ``</s>`` then ``<pad>`` to the encoder's minimum length). SD3 attends over CLIP's
+77·k positions followed by T5's: its tokens carry both :class:`TokenSegment` s, and each subject's group holds its
+positions in both (:func:`join_encoders`).
 """
 from __future__ import annotations
 
@@ -18,10 +22,15 @@ if TYPE_CHECKING:
     import torch
 
 WORD_END = "</w>"
+CLIP_CHUNK = 77
 EMBEDDING_PIECE = "<embedding>"
 START_OF_TEXT, END_OF_TEXT = "<|startoftext|>", "<|endoftext|>"
 SPECIAL_PIECES = (START_OF_TEXT, END_OF_TEXT, "!")  # "!" is id 0, SDXL clip_g's and SD2's padding
-OPEN_CLIP_H = "open_clip_h"  # SD2.x's text encoder (OpenCLIP ViT-H); PromptTokens.encoder names it
+OPEN_CLIP_H = "open_clip_h"  # SD2.x's text encoder (OpenCLIP ViT-H); PromptTokens.text_encoder names it
+CLIP_ENCODER, T5_ENCODER = "clip", "t5"
+WORD_START = "\u2581"  # SentencePiece's "▁": the piece starts a word
+T5_END, T5_PAD = "</s>", "<pad>"
+T5_SPECIAL_PIECES = (T5_END, T5_PAD)
 
 # Words that never name a subject in the automatic pick: function words, and style words common in prompts.
 _FUNCTION_WORDS = frozenset("""
@@ -63,14 +72,25 @@ class PromptTokens:
     """The encoder's view of a prompt: a text piece per position (``cat</w>``, ``<embedding>``, specials).
 
     ``byte_level``: the pieces are byte-level BPE (CLIP's): each character stands for one byte of the UTF-8 text, so
-    ``café`` arrives as ``cafÃ©</w>``; words are decoded back to text (:func:`decode_byte_level`). ``encoder`` names
-    the text encoder that made them (``OPEN_CLIP_H`` for SD2.x; empty when unknown).
+    ``café`` arrives as ``cafÃ©</w>``; words are decoded back to text (:func:`decode_byte_level`). ``encoder`` is the
+    word rule of the pieces; ``text_encoder`` names the model that made them (``OPEN_CLIP_H`` for SD2.x; empty when
+    unknown).
     """
 
     pieces: tuple[str, ...]
     embedding_names: tuple[str, ...] = ()  # names of the embeddings whose vectors appear, in order
     byte_level: bool = False
-    encoder: str = ""
+    encoder: str = CLIP_ENCODER  # how pieces form words: CLIP_ENCODER ("</w>" ends one) or T5_ENCODER ("▁" starts one)
+    text_encoder: str = ""
+
+
+@dataclass(frozen=True)
+class TokenSegment:
+    """One text encoder's positions ``start .. start + length - 1`` in the sequence the model attends over."""
+
+    encoder: str
+    start: int
+    length: int
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -118,8 +138,19 @@ class SubjectTokens:
     encoding: torch.Tensor | None = field(default=None, compare=False, repr=False)
     """The text encoder's output for the prompt, ``[77·k, D]``, set by the nodes that make AG_TOKENS: the samplers
     check the positive conditioning against it (``subjects.encoding``). None: only the token count is checked."""
-    encoder: str = ""  # PromptTokens.encoder of the prompt
+    text_encoder: str = ""  # PromptTokens.text_encoder of the prompt
     passed_over: tuple[tuple[str, str], ...] = ()  # automatic pick: (word, why it is no subject)
+    segments: tuple[TokenSegment, ...] = ()  # empty: one CLIP sequence (SD1.x, SD2.x, SDXL)
+
+    @property
+    def encoder_segments(self) -> tuple[TokenSegment, ...]:
+        return self.segments or (TokenSegment(CLIP_ENCODER, 0, len(self.pieces)),)
+
+    @property
+    def encoders(self) -> tuple[str, ...]:
+        """The text encoders whose tokens the model attends over, in sequence order (``("clip",)``, ``("t5",)``,
+        ``("clip", "t5")``)."""
+        return tuple(segment.encoder for segment in self.encoder_segments)
 
     @property
     def token_count(self) -> int:
@@ -141,7 +172,42 @@ class SubjectTokens:
     @property
     def word_positions(self) -> tuple[int, ...]:
         """Positions of the prompt's own tokens (no start, end or padding tokens)."""
-        return tuple(position for word in prompt_words(PromptTokens(self.pieces)) for position in word.positions)
+        return tuple(segment.start + position for segment in self.encoder_segments
+                     for word in prompt_words(self._segment_tokens(segment)) for position in word.positions)
+
+    @property
+    def attention_columns(self) -> tuple[int, ...]:
+        """Positions the losses' re-softmax runs over: each CLIP chunk without its ``<|startoftext|>`` and its last
+        slot (A&E's ``[1:-1]``), every T5 position but ``<pad>`` (the prompt's pieces and ``</s>``)."""
+        columns = []
+        for segment in self.encoder_segments:
+            for offset in range(segment.length):
+                position = segment.start + offset
+                if segment.encoder == T5_ENCODER:
+                    keep = self.pieces[position] != T5_PAD
+                else:
+                    keep = offset % CLIP_CHUNK not in (0, CLIP_CHUNK - 1)
+                if keep:
+                    columns.append(position)
+        return tuple(columns)
+
+    @property
+    def loss_columns(self) -> tuple[int, ...] | None:
+        """:attr:`attention_columns` for the losses, None for one CLIP sequence (the losses' own default)."""
+        return self.attention_columns if self.segments else None
+
+    def _segment_tokens(self, segment: TokenSegment) -> PromptTokens:
+        return PromptTokens(self.pieces[segment.start:segment.start + segment.length], encoder=segment.encoder)
+
+    def token_table(self) -> str:
+        """The prompt's pieces with their positions, one line per encoder (padding left out)."""
+        lines = []
+        for segment in self.encoder_segments:
+            pieces = self._segment_tokens(segment).pieces
+            listed = [f"{segment.start + offset} {piece}" for offset, piece in enumerate(pieces)
+                      if not _is_padding(piece, pieces[offset - 1] if offset else None)]
+            lines.append(f"{segment.encoder.upper()} tokens: " + ", ".join(listed))
+        return "\n".join(lines)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -157,15 +223,17 @@ class SubjectTokens:
                 line += f" | attributes: {bound}"
             lines.append(line)
         if not self.auto_picked:
-            return "Subjects (from the subjects input):\n" + "\n".join(lines)
-        text = ("Subjects (picked automatically: the last noun-like word of each phrase between commas, 'and', "
-                "'with' and prepositions; name them in the subjects input to choose others):\n" + "\n".join(lines))
-        if self.passed_over:
-            reasons: dict[str, list[str]] = {}
-            for word, reason in self.passed_over:
-                reasons.setdefault(reason, []).append(word)
-            text += "\nPassed over: " + "; ".join(f"{', '.join(words)} ({reason})" for reason, words in reasons.items())
-        return text
+            text = "Subjects (from the subjects input):\n" + "\n".join(lines)
+        else:
+            text = ("Subjects (picked automatically: the last noun-like word of each phrase between commas, 'and', "
+                    "'with' and prepositions; name them in the subjects input to choose others):\n" + "\n".join(lines))
+            if self.passed_over:
+                reasons: dict[str, list[str]] = {}
+                for word, reason in self.passed_over:
+                    reasons.setdefault(reason, []).append(word)
+                text += "\nPassed over: " + "; ".join(f"{', '.join(words)} ({reason})"
+                                                      for reason, words in reasons.items())
+        return text + "\n" + self.token_table() if self.segments else text
 
     def warnings(self) -> list[str]:
         """What the user should know about these subjects: subjects named twice (same tokens)."""
@@ -181,12 +249,19 @@ class SubjectTokens:
         return found
 
 
+def _is_padding(piece: str, previous: str | None) -> bool:
+    """T5's ``<pad>``, SDXL clip_g's and SD2's ``!``, and CLIP's end token repeated as padding."""
+    return piece in (T5_PAD, "!") or piece == previous == END_OF_TEXT
+
+
 def _is_special(piece: str) -> bool:
     return piece in SPECIAL_PIECES
 
 
 def prompt_words(tokens: PromptTokens) -> list[Word]:
     """Group pieces into the words the user typed; each embedding's vectors form one ``embedding:<name>`` word."""
+    if tokens.encoder == T5_ENCODER:
+        return sentencepiece_words(tokens.pieces)
     words: list[Word] = []
     pending: list[int] = []
     embeddings = iter(tokens.embedding_names)
@@ -218,6 +293,35 @@ def prompt_words(tokens: PromptTokens) -> list[Word]:
         words.append(Word(f"embedding:{next(embeddings, '?')}", tuple(pending)))
     else:
         flush()
+    return words
+
+
+def sentencepiece_words(pieces: tuple[str, ...]) -> list[Word]:
+    """Words of a SentencePiece (T5) sequence: a piece starting with ``▁`` starts a word, a piece of punctuation only
+    is a word of its own. A lone ``▁`` (T5 writes ``a`` and ``sphere`` as ``▁``, ``a`` and ``▁``, ``sphere``) only
+    marks where the next piece's word starts and belongs to no word, like ``</s>`` and ``<pad>``."""
+    words: list[Word] = []
+    pending: list[int] = []
+
+    def flush() -> None:
+        text = "".join(pieces[p] for p in pending).replace(WORD_START, "")
+        if text:
+            words.append(Word(text, tuple(p for p in pending if pieces[p] != WORD_START)))
+        pending.clear()
+
+    punctuation = False  # whether the pending word is punctuation (the next piece starts a new word)
+    for position, piece in enumerate(pieces):
+        if piece in T5_SPECIAL_PIECES:
+            flush()
+            continue
+        body = piece.removeprefix(WORD_START)
+        is_punctuation = bool(body) and not any(character.isalnum() for character in body)
+        after_lone_start = bool(pending) and pieces[pending[-1]] == WORD_START
+        if not after_lone_start and (piece.startswith(WORD_START) or is_punctuation or punctuation):
+            flush()
+        pending.append(position)
+        punctuation = is_punctuation
+    flush()
     return words
 
 
@@ -273,7 +377,7 @@ def map_subjects(prompt: str, tokens: PromptTokens, subjects: str) -> SubjectTok
         subject = matches[occurrence - 1]
         attributes = tuple(_nearest(words, _normalise(attribute), subject, phrase) for attribute in phrase[:-1])
         mapped.append(Subject(subject, attributes))
-    return SubjectTokens(prompt, tokens.pieces, tuple(mapped), auto_picked=False, encoder=tokens.encoder)
+    return SubjectTokens(prompt, tokens.pieces, tuple(mapped), auto_picked=False, text_encoder=tokens.text_encoder)
 
 
 def _nearest(words: list[Word], name: str, subject: Word, phrase: list[str]) -> Word:
@@ -346,5 +450,5 @@ def pick_subjects(prompt: str, tokens: PromptTokens) -> SubjectTokens:
             + ". Name them in the subjects input, e.g. 'red cat, frog'. The prompt's words and token positions: "
             f"{_token_listing(words)}"
         )
-    return SubjectTokens(prompt, tokens.pieces, tuple(subjects), auto_picked=True, encoder=tokens.encoder,
+    return SubjectTokens(prompt, tokens.pieces, tuple(subjects), auto_picked=True, text_encoder=tokens.text_encoder,
                          passed_over=tuple(passed_over))

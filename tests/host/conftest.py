@@ -34,3 +34,20 @@ def tiny():
         return built[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dit():
+    """``tiny_dit("flux")``: a tiny DiT checkpoint per family (current host only), built once per session."""
+    if not comfy_host.has_dit():
+        pytest.skip(comfy_host.NO_DIT_REASON)
+    from devkit.tiny_dit import tiny_dit_checkpoint
+
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = tiny_dit_checkpoint(family)
+        return built[family]
+
+    return get

@@ -3,9 +3,10 @@
 The server runs as a subprocess on loopback (``devkit.comfy_server``) with this pack installed and the test-only
 tiny loader registered. Playwright drives Debian's ``/usr/bin/chromium`` (``AG_CHROMIUM`` overrides the path).
 Every workflow in ``workflows/`` is loaded through the frontend exactly as shipped: no node type may be missing and
-the pack's nodes must show all their widgets. Then, through the frontend's graph API, each Load Checkpoint is
-replaced by the tiny loader, sizes and steps are capped as in the execution tests, and the workflow is queued from
-the page; the server's ``/history`` must report success with every output node's results.
+the pack's nodes must show all their widgets. Then, through the frontend's graph API, each model, text encoder and
+VAE loader is replaced by the tiny loader, sizes and steps are capped as in the execution tests, and the workflow is
+queued from the page; the server's ``/history`` must report success with every output node's results. FLUX and
+SD3.5 workflows run on the current host only.
 
 Screenshots of each shipped workflow go to the test's temporary folder, or to ``AG_SCREENSHOTS`` when it names a
 folder: ``make screenshots`` writes the README's ``docs/screenshots/<workflow>.png`` from the first host found.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import nodes
-from devkit import REPO_ROOT
+from devkit import REPO_ROOT, comfy_host
 from devkit import workflow as wf
 from devkit.comfy_server import ComfyServer, frontend_unavailable
 
@@ -50,11 +51,12 @@ FIT_TO_VIEW = """([left, top, margin]) => {
     return scale;
 }"""
 
-# Load Checkpoint -> the tiny loader (same place, same links), sizes and steps capped like devkit.workflow.shrunk.
-SWAP_AND_SHRINK = """({families, maxSize, maxSteps}) => {
+# Loaders -> the tiny loader (same place, links on its matching outputs), sizes and steps capped like
+# devkit.workflow.shrunk.
+SWAP_AND_SHRINK = """({swaps, maxSize, maxSteps}) => {
     const graph = app.graph;
     const linkById = id => graph.links instanceof Map ? graph.links.get(id) : graph.links[id];
-    for (const [id, family] of Object.entries(families)) {
+    for (const [id, [family, slots]] of Object.entries(swaps)) {
         const old = graph.getNodeById(Number(id));
         const tiny = LiteGraph.createNode("AG_TestTinyCheckpoint");
         tiny.pos = [old.pos[0], old.pos[1]];
@@ -62,7 +64,7 @@ SWAP_AND_SHRINK = """({families, maxSize, maxSteps}) => {
         tiny.widgets.find(widget => widget.name === "family").value = family;
         old.outputs.forEach((output, slot) => {
             for (const link of (output.links || []).map(linkById)) {
-                tiny.connect(slot, graph.getNodeById(link.target_id), link.target_slot);
+                tiny.connect(slots[slot], graph.getNodeById(link.target_id), link.target_slot);
             }
         });
         graph.remove(old);
@@ -71,7 +73,7 @@ SWAP_AND_SHRINK = """({families, maxSize, maxSteps}) => {
         const widget = name => (node.widgets || []).find(candidate => candidate.name === name);
         const steps = widget("steps");
         if (steps && typeof steps.value === "number") steps.value = Math.min(steps.value, maxSteps);
-        if (node.type === "EmptyLatentImage") {
+        if (node.type === "EmptyLatentImage" || node.type === "EmptySD3LatentImage") {
             const scale = Math.min(1, maxSize / Math.max(widget("width").value, widget("height").value));
             for (const side of ["width", "height"]) {
                 widget(side).value = Math.max(64, Math.floor(widget(side).value * scale / 64) * 64);
@@ -181,6 +183,8 @@ def screenshot_dir(tmp_path_factory):
 @pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])
 def test_shipped_workflow_loads_with_all_node_types_and_widgets(path, page, server, screenshot_dir):
     workflow = wf.load(path)
+    if wf.dit_workflow(workflow) and not comfy_host.has_dit():
+        pytest.skip(comfy_host.NO_DIT_REASON)
     graph = load(page, workflow, path.stem)
     assert sorted(node["id"] for node in graph) == sorted(str(node["id"]) for node in workflow["nodes"])
     assert [node["type"] for node in graph if not node["registered"]] == [], "node types missing in the frontend"
@@ -204,14 +208,14 @@ def test_a_missing_node_type_is_noticed(page):
 @pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])
 def test_shipped_workflow_runs_from_the_page_with_the_tiny_model(path, page, server):
     workflow = wf.load(path)
-    families = {str(node["id"]): wf.checkpoint_family(node["widgets_values"][0])
-                for node in workflow["nodes"] if node["type"] == "CheckpointLoaderSimple"}
+    if wf.dit_workflow(workflow) and not comfy_host.has_dit():
+        pytest.skip(comfy_host.NO_DIT_REASON)
+    swaps = wf.tiny_swaps(wf.to_prompt(workflow))
     load(page, workflow)
-    page.evaluate(SWAP_AND_SHRINK, {"families": families, "maxSize": wf.MAX_TEST_SIZE,
-                                    "maxSteps": wf.MAX_TEST_STEPS})
+    page.evaluate(SWAP_AND_SHRINK, {"swaps": swaps, "maxSize": wf.MAX_TEST_SIZE, "maxSteps": wf.MAX_TEST_STEPS})
     graph = page.evaluate(GRAPH_STATE)
-    assert [node["type"] for node in graph].count(wf.TINY_LOADER) == len(families)
-    assert "CheckpointLoaderSimple" not in [node["type"] for node in graph]
+    assert [node["type"] for node in graph].count(wf.TINY_LOADER) == len(swaps)
+    assert not set(wf.LOADER_OUTPUTS) & {node["type"] for node in graph}
 
     known = set(server.get("/history"))
     start = time.monotonic()

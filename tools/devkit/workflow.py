@@ -217,8 +217,15 @@ def to_prompt(workflow: dict, registry: Mapping[str, type] | None = None, name: 
 
 
 def checkpoint_family(checkpoint_name: str) -> str:
-    """The tiny model family standing in for a checkpoint file: "xl" -> sdxl, "v2"/"sd2"/"768" -> sd2, else sd1."""
+    """The tiny model family standing in for a checkpoint (or diffusion model) file: "flux" -> flux, "chroma" ->
+    chroma, "sd3" -> sd3 (sd35_medium if "medium"), "xl" -> sdxl, "v2"/"sd2"/"768" -> sd2, else sd1."""
     lowered = checkpoint_name.lower()
+    if "flux" in lowered:
+        return "flux"
+    if "chroma" in lowered:
+        return "chroma"
+    if "sd3" in lowered:
+        return "sd35_medium" if "medium" in lowered else "sd3"
     if "xl" in lowered:
         return "sdxl"
     if re.search(r"v2|sd2|768", lowered):
@@ -226,24 +233,55 @@ def checkpoint_family(checkpoint_name: str) -> str:
     return "sd1"
 
 
+# Loader node type -> the tiny loader's output (MODEL 0, CLIP 1, VAE 2) standing in for each of its outputs.
+LOADER_OUTPUTS = {"CheckpointLoaderSimple": (0, 1, 2), "UNETLoader": (0,), "DualCLIPLoader": (1,),
+                  "TripleCLIPLoader": (1,), "CLIPLoader": (1,), "VAELoader": (2,)}
+_MODEL_FILES = {"CheckpointLoaderSimple": "ckpt_name", "UNETLoader": "unet_name"}
+
+
+def tiny_swaps(prompt: dict[str, dict]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Loader node id -> (tiny family, the tiny loader's output per loader output). Model loaders name the family
+    by their file; text encoder and VAE loaders take the family of the workflow's (first) model loader."""
+    loaders = {node_id: node for node_id, node in prompt.items() if node["class_type"] in LOADER_OUTPUTS}
+    model_families = [checkpoint_family(str(node["inputs"].get(_MODEL_FILES[node["class_type"]], "")))
+                      for node in loaders.values() if node["class_type"] in _MODEL_FILES]
+    default = model_families[0] if model_families else "sd1"
+    return {node_id: (checkpoint_family(str(node["inputs"].get(_MODEL_FILES[node["class_type"]], "")))
+                      if node["class_type"] in _MODEL_FILES else default, LOADER_OUTPUTS[node["class_type"]])
+            for node_id, node in loaders.items()}
+
+
+DIT_FAMILIES = ("flux", "chroma", "sd3", "sd35_medium")
+
+
+def dit_workflow(workflow: dict) -> bool:
+    """Whether a saved (UI) workflow loads a diffusion transformer (which the 2024 host cannot run)."""
+    return any(checkpoint_family(str((node.get("widgets_values") or [""])[0])) in DIT_FAMILIES
+               for node in workflow.get("nodes") or [] if node["type"] in _MODEL_FILES)
+
+
 def with_tiny_checkpoints(prompt: dict[str, dict]) -> dict[str, dict]:
-    """A copy of ``prompt`` with every ``CheckpointLoaderSimple`` replaced by the test-only tiny-model loader."""
+    """A copy of ``prompt`` with every checkpoint, diffusion model, text encoder and VAE loader replaced by the
+    test-only tiny-model loader (links re-pointed to its MODEL, CLIP and VAE outputs)."""
+    swaps = tiny_swaps(prompt)
     swapped = copy.deepcopy(prompt)
+    for node_id, (family, _) in swaps.items():
+        swapped[node_id] = {**swapped[node_id], "class_type": TINY_LOADER, "inputs": {"family": family}}
     for node in swapped.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"] = TINY_LOADER
-            node["inputs"] = {"family": checkpoint_family(str(node["inputs"].get("ckpt_name", "")))}
+        for value in node["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and value[0] in swaps:
+                value[1] = swaps[value[0]][1][value[1]]
     return swapped
 
 
 def shrunk(prompt: dict[str, dict], max_size: int = MAX_TEST_SIZE, max_steps: int = MAX_TEST_STEPS) -> dict[str, dict]:
-    """A copy of ``prompt`` that executes in seconds on CPU: EmptyLatentImage (and the preview size of the pack's
+    """A copy of ``prompt`` that executes in seconds on CPU: EmptyLatentImage, EmptySD3LatentImage (and the preview size of the pack's
     box layouts, which are fractions of any size) scaled down so its longest side is at most ``max_size`` (multiples
     of 64, aspect kept), and every literal ``steps`` input capped at ``max_steps``."""
     small = copy.deepcopy(prompt)
     for node in small.values():
         inputs = node["inputs"]
-        if node["class_type"] in ("EmptyLatentImage", "AG_BoxLayout"):
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage", "AG_BoxLayout"):
             width, height = inputs["width"], inputs["height"]
             if isinstance(width, int) and isinstance(height, int):
                 scale = min(1.0, max_size / max(width, height))
