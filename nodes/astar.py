@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import get_args
 
-from ..guidance.engine.spec import GuidanceSpec
 from ..guidance.losses.astar import AStarConfig, Binarisation, Preprocessing
 from ..guidance.methods.astar import astar, paper_schedule
 from ..guidance.subjects.layout import SubjectLayout

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..guidance.capture.blocks import BlockSelectionError, parse_blocks
 from ..guidance.comfy_bridge import UnsupportedModelError, with_regulation
 from ..guidance.regulation import RegulationConfig
 from ..guidance.regulation.config import MODES
 from ..guidance.regulation.run import RegulationSpec
 from ..guidance.subjects.tokens import SubjectTokens
-from ..guidance.capture.blocks import BlockSelectionError, parse_blocks
 from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError
 
 PAPER = RegulationConfig()

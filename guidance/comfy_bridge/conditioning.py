@@ -7,8 +7,6 @@ something in one prompt only, so the pack reads the attention of the entry encod
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..subjects.encoding import CHUNK_LENGTH, encoding_mismatch

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
 import torch
 
 from ..capture.attention import attend, attention_probabilities

@@ -12,15 +12,13 @@ from typing import Any
 import torch
 
 from ..capture.attention import attend, attention_logits
+from ..capture.blocks import resolve_blocks
 from ..capture.sites import AttentionSite, map_size
 from ..engine.steps import StepClock
 from ..regulation import initial_weights, regulate, supports_map
 from ..regulation.run import RegulationEvent, RegulationRun, RegulationSpec
 from .compat import HAS_MODEL_WRAPPERS, NoiseLevelRuns, WrappersMP, entry_uuid, show_on_node
 from .conditioning import TOKENS_HINT, PromptMismatchError, subject_entries
-from .patches import entry_chunks, layer_output, with_attn2_patches
-from .sampling import step_clock
-from ..capture.blocks import resolve_blocks
 from .dit.families import dit_family, is_transformer
 from .dit.regulation import (
     REGULATED_ENTRIES_KEY,
@@ -29,6 +27,8 @@ from .dit.regulation import (
     image_token_grid,
     with_regulated_blocks,
 )
+from .patches import entry_chunks, layer_output, with_attn2_patches
+from .sampling import step_clock
 from .sites import SUPPORTED_FAMILIES, UnsupportedModelError, guidance_sites
 
 REGULATION_WRAPPER_KEY = "attention_guidance_regulation"

@@ -5,7 +5,6 @@ whose 512-px forward takes well under a second on CPU (the SD1.x/SD2.x tiny mode
 take seconds); SD1.x is sampled once, for the layers the authors edit in the family they used.
 """
 import logging
-import re
 from types import SimpleNamespace
 
 import comfy.samplers

@@ -7,7 +7,7 @@ import torch
 from attention_guidance.guidance.engine.schedule import GuidanceSchedule, soc_step_size
 from attention_guidance.guidance.engine.spec import TermInputs
 from attention_guidance.guidance.losses.focus import FocusConfig, focus_loss, gaussian_blur_kernel, group_divergence
-from attention_guidance.guidance.methods.focus import FocusTerm, focus, paper_schedule, subject_groups
+from attention_guidance.guidance.methods.focus import focus, paper_schedule, subject_groups
 from attention_guidance.guidance.subjects.encoders import map_encoder_subjects
 from attention_guidance.guidance.subjects.tokens import PromptTokens
 
