@@ -3,6 +3,7 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import pytest
+import safetensors.torch
 import torch
 
 import nodes
@@ -16,6 +17,7 @@ from devkit.sampling import (
     sigmas,
     stock_ksampler,
 )
+from devkit.tiny_models import CONTEXT_DIM, tiny_clip
 
 bridge = ag("guidance.comfy_bridge")
 schedule_module = ag("guidance.engine.schedule")
@@ -175,3 +177,52 @@ def test_stopping_the_guidance_forward_early_skips_the_last_blocks_and_changes_n
     assert early_calls == 2  # the two sampling passes only: the guided step's pass stopped at output block 5
     assert len(final_layer_calls) - early_calls == 3  # two sampling passes + one complete guidance pass
     torch.testing.assert_close(early, full, atol=1e-5, rtol=0)
+
+
+def test_a_sampler_with_churn_is_left_unguided_with_a_warning(tiny, caplog):
+    checkpoint = tiny("sd1")
+    churn = {"s_churn": 1.0}  # euler then evaluates the model at a raised noise level, never at the schedule's own
+
+    def churned(function):
+        return comfy.samplers.KSAMPLER(function, extra_options=churn)
+
+    guided = churned(bridge.guided_sampler("euler", ae_spec(checkpoint)).sampler_function)
+    with caplog.at_level("WARNING", logger="attention_guidance"):
+        torch.manual_seed(3)  # the churn noise comes from the global generator
+        out = sample_custom(checkpoint.model, checkpoint.clip, guided, steps=4)
+    torch.manual_seed(3)
+    plain = sample_custom(checkpoint.model, checkpoint.clip,
+                          churned(comfy.samplers.sampler_object("euler").sampler_function), steps=4)
+    assert torch.equal(out, plain)
+    assert sum("no sampling step matched the schedule" in record.message for record in caplog.records) == 1
+
+
+def test_weighted_prompts_over_75_tokens_sample_guided(tiny):
+    checkpoint = tiny("sd1")
+    prompt = "a photo of a (cat:1.3) and a frog, " + ", ".join(["highly detailed"] * 30) + ", a red hat"
+    tokens = tokens_module.map_subjects(prompt, bridge.prompt_tokens(checkpoint.clip, prompt), "cat, red hat")
+    assert tokens.token_count == 154 and tokens.subject_positions[1][0] > 77  # the hat lies in the second chunk
+    spec = attend_excite_method.attend_and_excite(tokens, QUICK)
+    record = []
+    out = sample_custom(checkpoint.model, checkpoint.clip, bridge.guided_sampler("euler", spec, record), steps=4,
+                        prompt=prompt)
+    plain = sample_custom(checkpoint.model, checkpoint.clip, comfy.samplers.sampler_object("euler"), steps=4,
+                          prompt=prompt)
+    assert [step.guided for step in record] == [True, True, False, False]
+    assert record[0].maps.shape[-1] == 154 and torch.isfinite(out).all() and not torch.equal(out, plain)
+
+
+def test_a_prompt_with_an_embedding_samples_guided(tiny, tmp_path):
+    checkpoint = tiny("sd1")
+    safetensors.torch.save_file({"emb_params": torch.randn(2, CONTEXT_DIM)}, str(tmp_path / "tinycat.safetensors"))
+    with torch.inference_mode():  # as ComfyUI loads models
+        clip = tiny_clip("sd1", tmp_path, embedding_directory=str(tmp_path))
+    prompt = "a photo of embedding:tinycat and a frog"
+    tokens = tokens_module.map_subjects(prompt, bridge.prompt_tokens(clip, prompt), "embedding:tinycat, frog")
+    assert tokens.subject_positions == ((4, 5), (8,))  # the embedding's two vectors are one subject
+    record = []
+    spec = attend_excite_method.attend_and_excite(tokens, QUICK)
+    out = sample_custom(checkpoint.model, clip, bridge.guided_sampler("euler", spec, record), steps=4, prompt=prompt)
+    plain = sample_custom(checkpoint.model, clip, comfy.samplers.sampler_object("euler"), steps=4, prompt=prompt)
+    assert [step.guided for step in record] == [True, True, False, False]
+    assert torch.isfinite(out).all() and not torch.equal(out, plain)
