@@ -74,12 +74,12 @@ class AttentionRegulationSteps:
             "default": 25, "min": 0, "max": 10000,
             "tooltip": "How many of the first sampling steps are edited, at any step count (Attention Regulation's "
                        "edit_percent scales with the steps instead). 0 turns regulation off.",
-        }), **_settings()}, "optional": _dit_blocks(), "hidden": UNIQUE_ID}
+        }), **_settings()}, "hidden": UNIQUE_ID}  # no dit_blocks: the saved workflows are UNet graphs
 
     def apply(self, model: Any, tokens: SubjectTokens, edit_steps: int, iterations: int, mode: str,
-              dit_blocks: str = "auto", unique_id: str | None = None) -> tuple[Any]:
+              unique_id: str | None = None) -> tuple[Any]:
         return (_regulated(self.DISPLAY_NAME, model, tokens,
-                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps), dit_blocks,
+                           RegulationConfig(mode=mode, iterations=iterations, edit_steps=edit_steps), "auto",
                            unique_id),)
 
 

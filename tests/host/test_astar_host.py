@@ -70,7 +70,7 @@ def test_nodes_are_registered_with_tooltips():
     astar_inputs = NODES["AG_AStar"].INPUT_TYPES()
     assert list(astar_inputs["required"]) == ["tokens", "step_size", "guided_percent", "binarisation",
                                               "preprocessing", "weight"]
-    assert list(astar_inputs["optional"]) == ["layout"] and NODES["AG_AStar"].RETURN_TYPES == ("AG_GUIDANCE",)
+    assert list(astar_inputs["optional"]) == ["layout", "dit_blocks"] and NODES["AG_AStar"].RETURN_TYPES == ("AG_GUIDANCE",)
     assert [astar_inputs["required"][name][1]["default"] for name in ("step_size", "guided_percent",
                                                                       "binarisation", "preprocessing", "weight")] \
         == [20.0, 50.0, "half_max", "ae", 1.0]
@@ -210,7 +210,7 @@ def test_bad_layouts_are_refused_with_what_to_fix(tiny):
     assert "input 'mask_2': mask 2 is a batch of 2 masks while another has 3" in error(
         lambda: mask_layout(tokens, half.expand(3, -1, -1), half.expand(2, -1, -1)))
 
-    assert "Subject Layout (boxes): input 'boxes': box 2 ('0.6,0.5,0.5,0.5') leaves the image (x + w = 1.1" in error(
+    assert "Subject Layout (boxes): input 'boxes': box 2 ('0.6,0.5,0.5,0.5') leaves the image: x + w = 1.1 is above 1" in error(
         lambda: box_layout(tokens, "0,0,0.5,0.5; 0.6,0.5,0.5,0.5"))
     assert "input 'boxes': 1 boxes for 2 subjects (cat, frog); give one box per subject" in error(
         lambda: box_layout(tokens, "0,0,0.5,0.5"))

@@ -38,7 +38,8 @@ METHOD_NODES = {"attend_excite": "AG_AttendAndExcite", "divide_bind": "AG_Divide
 def method_spec(method: str, tokens, **overrides):
     """A method node's guidance with its defaults (``overrides`` replace inputs)."""
     node = NODES[METHOD_NODES[method]]
-    return node().build(tokens=tokens, **{**node_defaults(node), **overrides})[0]
+    built = node().build(tokens=tokens, **{**node_defaults(node), **overrides})
+    return (built["result"] if isinstance(built, dict) else built)[0]  # nodes that warn return their ui too
 
 
 class _AlwaysRefine:

@@ -42,7 +42,7 @@ def regulated(model, tokens, observer=None, edit_steps=2, blocks=None, iteration
     run_module = ag("guidance.regulation.run")
     config = ag("guidance.regulation").RegulationConfig(iterations=iterations, edit_steps=edit_steps)
     spec = run_module.RegulationSpec.from_tokens(tokens, config)
-    return ag("guidance.comfy_bridge.regulation").with_regulation(model, spec, observer, blocks)
+    return ag("guidance.comfy_bridge.regulation").with_regulation(model, spec, observer, dit_blocks=blocks)
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
@@ -82,14 +82,14 @@ def test_no_edit_steps_is_the_stock_model_and_reference_mode_is_refused(tiny_dit
     checkpoint = tiny_dit("flux")
     tokens = ag("guidance.comfy_bridge.text").subject_tokens(checkpoint.clip, PROMPT, SUBJECTS)
     inputs = ksampler_inputs(checkpoint, PROMPT, "euler", "simple", steps=2, size=SIZE)
-    off = NODES["AG_AttentionRegulation"]().apply(checkpoint.model, tokens, 0, 20, "default")[0]
+    off = NODES["AG_AttentionRegulationV2"]().apply(checkpoint.model, tokens, 0, 20, "default")[0]
     assert torch.equal(stock_ksampler(off, inputs), stock_ksampler(checkpoint.model, inputs))
     with pytest.raises(common.NodeInputError, match=re.escape("Attention Regulation: input 'mode': on FLUX, Chroma and "
                                                               "SD3 Attention Regulation runs in default mode only")):
-        NODES["AG_AttentionRegulation"]().apply(checkpoint.model, tokens, 25, 20, "reference")
+        NODES["AG_AttentionRegulationV2"]().apply(checkpoint.model, tokens, 25, 20, "reference")
     with pytest.raises(common.NodeInputError, match="Attention Regulation: input 'dit_blocks': blocks \\[5\\] do not "
                                                     "exist"):
-        NODES["AG_AttentionRegulation"]().apply(checkpoint.model, tokens, 25, 20, "default", "5")
+        NODES["AG_AttentionRegulationV2"]().apply(checkpoint.model, tokens, 25, 20, "default", "5")
 
 
 def test_other_transformers_are_refused_naming_the_model_input(tiny_dit):
@@ -99,4 +99,4 @@ def test_other_transformers_are_refused_naming_the_model_input(tiny_dit):
     tokens = ag("guidance.comfy_bridge.text").subject_tokens(tiny_dit("chroma").clip, PROMPT, SUBJECTS)
     with pytest.raises(common.NodeInputError, match="Attention Regulation: input 'model': this model is a MMDiT "
                                                     "transformer, which Attention Regulation does not read"):
-        NODES["AG_AttentionRegulation"]().apply(aura.model, tokens, 25, 20, "default")
+        NODES["AG_AttentionRegulationV2"]().apply(aura.model, tokens, 25, 20, "default")

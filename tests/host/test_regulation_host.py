@@ -302,7 +302,8 @@ def test_small_images_are_left_alone_and_logged(tiny, caplog):
 
 def test_unsupported_model_error_comes_from_the_bridge(tiny):
     dit_like = SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
-    with pytest.raises(common.NodeInputError, match="input 'model'.*not a UNet") as raised:
+    refusal = "input 'model': this model is a Linear transformer, which Attention Regulation does not read"
+    with pytest.raises(common.NodeInputError, match=refusal) as raised:
         regulation_node.AttentionRegulation().apply(dit_like, subject_tokens(tiny("sdxl")), 25, 20, "default")
     assert isinstance(raised.value.__cause__, bridge.UnsupportedModelError)
 
