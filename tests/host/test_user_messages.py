@@ -202,9 +202,8 @@ def test_an_unsupported_family_is_refused_by_the_guided_ksampler(tiny):
     model = unsupported_model()
     tokens = tokens_module.map_subjects(PROMPT, bridge.prompt_tokens(checkpoint.clip, PROMPT), "cat, frog")
     spec = NODES["AG_AttendAndExcite"]().build(tokens, 20.0, 50.0, "", "", 20, True, 0.5, "auto")[0]
-    refusal = ("this model is a NextDiT transformer, which attention guidance does not read; it supports SD1.x, SD2.x "
-               "and SDXL .*, FLUX.1 .* and Chroma, SD3 and SD3.5" if IS_CURRENT_HOST else
-               "StageC is not a UNet with cross-attention blocks; cross-attention layers are read on UNets only")
+    refusal = (f"this model is a {'NextDiT' if IS_CURRENT_HOST else 'StageC'} transformer, which attention guidance "
+               "does not read; it supports SD1.x, SD2.x and SDXL .*, FLUX.1 .* and Chroma, SD3 and SD3.5")
     with pytest.raises(common.NodeInputError, match=f"Guided KSampler: input 'model': {refusal}"):
         guided_ksampler(model, ksampler_inputs(checkpoint, PROMPT, steps=2), spec)
     if IS_CURRENT_HOST:
