@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from devkit import comfy_host
+from devkit.attention_spy import call_queries_and_keys
 from devkit.comfy_host import ag
 from devkit.sampling import recording_sampler, sample_custom
 
@@ -27,10 +28,7 @@ class AttentionSpy:
         self.calls = []
 
     def __call__(self, func, *args, **kwargs):
-        q, k = args[0], args[1]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        if not kwargs.get("skip_reshape"):
-            q, k = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+        q, k = call_queries_and_keys(args, kwargs)
         options = kwargs["transformer_options"]
         from_pack_block = type(options.get("optimized_attention_override")).__name__ == "BlockAttention"
         self.calls.append((q.detach().clone(), k.detach().clone(), list(options["cond_or_uncond"]), from_pack_block))

@@ -9,6 +9,7 @@ import torch
 
 import nodes
 from devkit import comfy_host
+from devkit.attention_spy import call_queries_and_keys
 from devkit.comfy_host import ag
 from devkit.sampling import ksampler_inputs, sample_custom, stock_ksampler
 
@@ -27,10 +28,7 @@ class MaskSpy:
         self.calls = []
 
     def __call__(self, func, *args, **kwargs):
-        q, k = args[0], args[1]
-        heads = args[3] if len(args) > 3 else kwargs["heads"]
-        if not kwargs.get("skip_reshape"):
-            q, k = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+        q, k = call_queries_and_keys(args, kwargs)
         mask = kwargs.get("mask")
         options = kwargs["transformer_options"]
         self.calls.append((q.clone(), k.clone(), None if mask is None else mask.clone(),
