@@ -7,6 +7,8 @@ from typing import Any
 import nodes as comfy_nodes
 
 from ..guidance.comfy_bridge import prompt_tokens
+from ..guidance.comfy_bridge.tokenizers import clip_family
+from ..guidance.token_view import subjects_view
 from ..guidance.tokens import SubjectTokenError, SubjectTokens, map_subjects
 from .common import CATEGORY, TOKENS_TYPE, NodeInputError
 
@@ -20,13 +22,15 @@ SUBJECTS_TOOLTIP = (
 TEXT_TOOLTIP = "The prompt, exactly as for CLIP Text Encode (weights like (red apple:1.2) and embeddings work)."
 
 
-def _subject_tokens(node: str, clip: Any, text: str, subjects: str) -> SubjectTokens:
+def _subject_tokens(node: str, clip: Any, text: str, subjects: str) -> tuple[SubjectTokens, dict]:
+    """The subjects' tokens and what the node shows: the picks as text, and the token view (the page draws it)."""
+    pieces = prompt_tokens(clip, text)
     try:
-        tokens = map_subjects(text, prompt_tokens(clip, text), subjects)
+        tokens = map_subjects(text, pieces, subjects)
     except SubjectTokenError as error:
         raise NodeInputError(node, "subjects", str(error)) from error
     logger.info("%s: %s", node, tokens.describe())
-    return tokens
+    return tokens, {"text": [tokens.describe()], "ag_token_view": [subjects_view(pieces, tokens, clip_family(clip))]}
 
 
 def _inputs() -> dict:
@@ -55,9 +59,9 @@ class TextEncodeWithTokens:
         return _inputs()
 
     def encode(self, clip: Any, text: str, subjects: str) -> dict:
-        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects)
+        tokens, shown = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects)
         conditioning = comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
-        return {"ui": {"text": [tokens.describe()]}, "result": (conditioning, tokens)}
+        return {"ui": shown, "result": (conditioning, tokens)}
 
 
 class TokenPicker:
@@ -75,8 +79,8 @@ class TokenPicker:
         return _inputs()
 
     def pick(self, clip: Any, text: str, subjects: str) -> dict:
-        tokens = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects)
-        return {"ui": {"text": [tokens.describe()]}, "result": (tokens,)}
+        tokens, shown = _subject_tokens(self.DISPLAY_NAME, clip, text, subjects)
+        return {"ui": shown, "result": (tokens,)}
 
 
 NODE_CLASS_MAPPINGS = {"AG_TextEncodeWithTokens": TextEncodeWithTokens, "AG_TokenPicker": TokenPicker}
