@@ -1,8 +1,8 @@
 """A host's real web server, started as a subprocess on loopback with this pack installed, for browser tests.
 
-Everything the server writes (output, input, temp, user settings) goes to a temporary folder; the pack reaches the
-host's custom node folders through an ``--extra-model-paths-config`` file that lists a temporary ``custom_nodes``
-folder holding a link to this repository. The host folder itself is left untouched.
+Everything the server writes (output, input, temp, user settings) goes to a temporary folder, whose ``custom_nodes``
+folder holds a link to this repository: the server's base directory where the host has ``--base-directory``, else an
+``--extra-model-paths-config`` file lists it. The host folder itself is left untouched.
 """
 from __future__ import annotations
 
@@ -68,18 +68,25 @@ class ComfyServer:
         custom_nodes = self.root / "custom_nodes"
         custom_nodes.mkdir(parents=True)
         (custom_nodes / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
-        config = self.root / "extra_model_paths.yaml"
-        config.write_text(f"attention_guidance_test:\n    base_path: {self.root}\n    custom_nodes: custom_nodes\n")
+        host_options = (self.host / "comfy" / "cli_args.py").read_text()
+        if "--base-directory" in host_options:
+            # Every folder the server reads or writes (custom_nodes, models, user, ...) in the temporary root: a
+            # read-only host folder may lack its empty custom_nodes folder, which main.py lists at start.
+            arguments = ["--base-directory", str(self.root)]
+        else:
+            config = self.root / "extra_model_paths.yaml"
+            config.write_text(f"attention_guidance_test:\n    base_path: {self.root}\n    custom_nodes: custom_nodes\n")
+            arguments = ["--extra-model-paths-config", str(config)]
         settings = self.root / "user" / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True)
         settings.write_text(json.dumps(SETTINGS))
         for folder in ("output", "input", "temp", "cwd"):
             (self.root / folder).mkdir()
         self._host_config_folders(self.root / "cwd")
-        arguments = ["--listen", "127.0.0.1", "--port", str(self.port), "--cpu",
-                     "--extra-model-paths-config", str(config), "--output-directory", str(self.root / "output"),
-                     "--input-directory", str(self.root / "input"), "--temp-directory", str(self.root / "temp")]
-        if "--database-url" in (self.host / "comfy" / "cli_args.py").read_text():
+        arguments += ["--listen", "127.0.0.1", "--port", str(self.port), "--cpu",
+                      "--output-directory", str(self.root / "output"), "--input-directory", str(self.root / "input"),
+                      "--temp-directory", str(self.root / "temp")]
+        if "--database-url" in host_options:
             arguments += ["--database-url", "sqlite:///:memory:"]  # its default file lies in the host folder
         return arguments
 
