@@ -46,7 +46,8 @@ def _inputs() -> dict:
 class TextEncodeWithTokens:
     DISPLAY_NAME = "CLIP Text Encode (with subjects)"
     DESCRIPTION = ("Encodes the prompt like CLIP Text Encode and also outputs the subject tokens that attention "
-                   "guidance acts on.")
+                   "guidance acts on. While you type, the node shows the prompt's tokens with each subject's tokens "
+                   "and attributes highlighted, or why a subject is not found.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONDITIONING", TOKENS_TYPE)
     RETURN_NAMES = ("conditioning", "tokens")
@@ -67,7 +68,9 @@ class TextEncodeWithTokens:
 class TokenPicker:
     DISPLAY_NAME = "Subject Token Picker"
     DESCRIPTION = ("Finds the subject tokens of a prompt for attention guidance, for graphs that encode the prompt "
-                   "elsewhere. Use the same CLIP and text as the encoder.")
+                   "elsewhere. Use the same CLIP and text as the encoder. While you type, the node shows the "
+                   "prompt's tokens with each subject's tokens and attributes highlighted, or why a subject is not "
+                   "found.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (TOKENS_TYPE,)
     RETURN_NAMES = ("tokens",)

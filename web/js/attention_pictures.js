@@ -17,16 +17,21 @@ app.registerExtension({
             pageOnly(node.addWidget("number", WIDGET, 0, (value) => {
                 const count = node.imgs?.length ?? 0;
                 const picture = Math.round(Math.min(Math.max(value, 0), count));
-                node.imageIndex = picture > 0 ? picture - 1 : null;
+                node.imageIndex = node.agPictureShown = picture > 0 ? picture - 1 : null;
                 node.setDirtyCanvas?.(true, true);
             }, { min: 0, max: 0, step: 10, precision: 0 }));
         });
         chain(nodeType.prototype, "onDrawForeground", function () {
-            // follow the preview when its own controls change the picture, and the count of pictures
+            // Follow the count of pictures, and the picture when the preview's own controls (or new pictures)
+            // change it; a change of the widget that the widget's callback has not applied yet is left alone.
             const widget = (this.widgets || []).find((candidate) => candidate.name === WIDGET);
             if (!widget) return;
             widget.options.max = this.imgs?.length ?? 0;
-            widget.value = this.imageIndex == null || !this.imgs?.length ? 0 : this.imageIndex + 1;
+            const index = this.imgs?.length ? this.imageIndex ?? null : null;
+            if (index !== (this.agPictureShown ?? null)) {
+                this.agPictureShown = index;
+                widget.value = index == null ? 0 : index + 1;
+            }
         });
     },
 });
