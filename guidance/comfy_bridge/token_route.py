@@ -2,8 +2,8 @@
 
 ``POST /attention_guidance/tokens`` with ``{"text": ..., "subjects": ..., "family": "sd1" | "sd2" | "sdxl"}``
 answers the :mod:`..token_view` dict (a subject that is not in the prompt is the view's ``error``); a malformed
-request, an unknown family or a prompt that cannot be tokenised answers 400 with ``{"error": ...}``. The current frontend calls it under ``/api`` too
-(ComfyUI serves every route there as well).
+request, an unknown family or a prompt that cannot be tokenised answers 400 with ``{"error": ...}``. The current
+frontend calls it under ``/api`` (ComfyUI serves every route there as well).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ logger = logging.getLogger("attention_guidance")
 
 def view_for(family: str, text: str, subjects: str) -> dict:
     """The token view of ``text`` and ``subjects`` with the weightless tokenizer of ``family``; raises
-    :class:`UnknownFamilyError`, or ValueError when the prompt cannot be tokenised (as a node run would)."""
+    :class:`.tokenizers.UnknownFamilyError`, or ValueError when the prompt cannot be tokenised (as a node run would)."""
     return token_view(text, family_prompt_tokens(family, text), subjects, family)
 
 

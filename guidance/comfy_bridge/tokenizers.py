@@ -12,6 +12,8 @@ import functools
 import importlib
 from typing import Any
 
+import folder_paths
+
 from ..tokens import PromptTokens
 from .text import prompt_tokens
 
@@ -58,8 +60,6 @@ def family_prompt_tokens(family: str, text: str) -> PromptTokens:
     if family not in _FAMILY_CLASSES:
         raise UnknownFamilyError(f"no tokenizer for the family {family!r}; the pack tokenises for "
                                  f"{', '.join(TOKENIZER_FAMILIES)}")
-    import folder_paths
-
     tokenizer = _tokenizer(family, tuple(folder_paths.get_folder_paths("embeddings")))
     return prompt_tokens(_WeightlessClip(tokenizer), text)
 

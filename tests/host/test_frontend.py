@@ -11,7 +11,6 @@ Screenshots of each shipped workflow go to the test's temporary folder, or to ``
 folder: ``make screenshots`` writes the README's ``docs/screenshots/<workflow>.png`` from the first host found.
 """
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from testkit import REPO_ROOT
 from testkit import workflow as wf
 from testkit.browser import (FIT_TO_VIEW, LEFT, LEGACY_FRONTEND, MARGIN, SCREEN_POSITION, TOP, load, queue_and_wait,
                              show_whole_graph, swap_to_tiny_models)
-from testkit.browser import browser_page, page, server  # noqa: F401  (fixtures)
+from testkit.browser import browser_page, page, screenshot_dir, server  # noqa: F401  (fixtures)
 
 SHIPPED = sorted((REPO_ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -43,12 +42,6 @@ def screenshot(page, workflow: dict, path: Path) -> None:
     show_whole_graph(page, workflow)
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path))
-
-
-@pytest.fixture(scope="module")
-def screenshot_dir(tmp_path_factory):
-    folder = os.environ.get("AG_SCREENSHOTS")
-    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[path.name for path in SHIPPED])

@@ -9,18 +9,18 @@ keeps this module's pictures of the editor and the token view (``docs/screenshot
 """
 import io
 import math
-import os
 import time
 from pathlib import Path
+from urllib.parse import urlencode
+from urllib.request import urlopen
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from testkit import REPO_ROOT
 from testkit import workflow as wf
 from testkit.browser import load, queue_and_wait, swap_to_tiny_models
-from testkit.browser import browser_page, page, server  # noqa: F401  (fixtures)
+from testkit.browser import browser_page, page, screenshot_dir, server  # noqa: F401  (fixtures)
 from testkit.comfy_host import ag
 from testkit.token_cases import CASES
 
@@ -66,7 +66,8 @@ TOKEN_VIEW = f"""id => {{
         error: view.querySelector(".ag-error")?.textContent ?? null,
         words: [...view.querySelectorAll(".ag-word")].map(chip => ({{
             text: chip.firstChild.textContent, positions: chip.dataset.positions.split(",").map(Number),
-            role: chip.dataset.role ?? null, subject: chip.dataset.subject == null ? null : Number(chip.dataset.subject),
+            role: chip.dataset.role ?? null,
+            subject: chip.dataset.subject == null ? null : Number(chip.dataset.subject),
         }})),
         subjects: [...view.querySelectorAll(".ag-subject")].map(item => item.textContent),
         picked: [...view.querySelectorAll(".ag-subjects .ag-note")].map(item => item.textContent),
@@ -92,12 +93,6 @@ ROUTE_VIEW = """async body => {
         headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     return await response.json();
 }"""
-
-
-@pytest.fixture(scope="module")
-def screenshot_dir(tmp_path_factory):
-    folder = os.environ.get("AG_SCREENSHOTS")
-    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
 
 
 # --- the box editor's arithmetic, from pointer positions (integer page px) -------------------------------------
@@ -247,8 +242,8 @@ def test_loaded_boxes_are_drawn_where_the_text_puts_them(page):
     set_value(page, ENCODER, "subjects", "dog, cat")
     page.wait_for_function(f"id => ({EDITOR_STATUS})(id) === '2 boxes for dog, cat'", arg=BOX_LAYOUT, timeout=10_000)
     set_value(page, ENCODER, "subjects", "cat")
-    page.wait_for_function(f"id => ({EDITOR_STATUS})(id).startsWith('2 boxes for 1 subjects (cat)')", arg=BOX_LAYOUT,
-                           timeout=10_000)
+    page.wait_for_function(f"id => ({EDITOR_STATUS})(id) === '2 boxes for 1 subject (cat): draw one box per "
+                           f"subject, in subject order'", arg=BOX_LAYOUT, timeout=10_000)
 
 
 def test_saved_workflow_and_queued_prompt_hold_only_the_nodes_own_inputs(page, server):
@@ -294,9 +289,6 @@ def test_queueing_after_drawing_uses_the_drawn_boxes(page, server, screenshot_di
 
 
 def fetch_image(server, image: dict) -> bytes:
-    from urllib.parse import urlencode
-    from urllib.request import urlopen
-
     query = urlencode({key: image[key] for key in ("filename", "subfolder", "type")})
     with urlopen(f"{server.url}/view?{query}", timeout=30) as response:
         return response.read()

@@ -93,7 +93,6 @@ def graph_bounds(workflow: dict) -> tuple[float, float]:
     return max(xs) - min(xs), max(ys) - min(ys)
 
 
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     reason = frontend_unavailable(HOST)
@@ -130,6 +129,13 @@ def page(browser_page):
     browser_page.keyboard.press("Escape")  # close a dialog a test left open
     if LEGACY_FRONTEND:
         browser_page.evaluate("() => app.ui.dialog.close()")
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir(tmp_path_factory):
+    """Where the tests' screenshots go: ``AG_SCREENSHOTS`` when set (``make screenshots``), else a temporary folder."""
+    folder = os.environ.get("AG_SCREENSHOTS")
+    return Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
 
 
 def load(page, workflow: dict, name: str = "workflow") -> list[dict]:

@@ -91,7 +91,8 @@ class BoxEditor {
     }
 
     get aspect() {
-        const width = Number(widgetNamed(this.node, "width")?.value), height = Number(widgetNamed(this.node, "height")?.value);
+        const width = Number(widgetNamed(this.node, "width")?.value);
+        const height = Number(widgetNamed(this.node, "height")?.value);
         return width > 0 && height > 0 ? { width, height } : { width: 1, height: 1 };
     }
 
@@ -193,7 +194,8 @@ class BoxEditor {
         if (problem) text = `${problem}: fix the text below to edit here`;
         else if (!count) text = "drag on the picture to draw a box";
         else if (labels.length && count !== labels.length) {
-            text = `${count} box${count === 1 ? "" : "es"} for ${labels.length} subjects (${labels.join(", ")}): ` +
+            const subjects = `${labels.length} subject${labels.length === 1 ? "" : "s"}`;
+            text = `${count} box${count === 1 ? "" : "es"} for ${subjects} (${labels.join(", ")}): ` +
                    "draw one box per subject, in subject order";
         } else {
             warn = false;

@@ -90,8 +90,10 @@ class TokenView {
         const ticket = ++this.ticket;
         let status, body;
         try {
-            const response = await api.fetchApi(ROUTE, { method: "POST", headers: { "Content-Type": "application/json" },
-                                                         body: JSON.stringify({ text, subjects, family }) });
+            const response = await api.fetchApi(ROUTE, {
+                method: "POST", headers: { "Content-Type": "application/json" },
+                body: JSON.stringify({ text, subjects, family }),
+            });
             status = response.status;
             body = await response.json();
         } catch (error) {
@@ -167,7 +169,8 @@ function subjectsOf(view) {
     const list = element("div", "ag-subjects");
     view.subjects.forEach((subject, index) => {
         const attributes = subject.attributes.map((attribute) => attribute.text).join(" ");
-        const item = element("span", "ag-subject", `${index + 1} ${subject.label}${attributes ? ` (${attributes})` : ""}`);
+        const name = `${index + 1} ${subject.label}${attributes ? ` (${attributes})` : ""}`;
+        const item = element("span", "ag-subject", name);
         item.style.borderColor = subjectColour(index);
         item.dataset.subject = String(index);
         list.append(item);
