@@ -2,7 +2,7 @@
 // layout "one image per step") with its arrows: 0 shows them all as thumbnails, 1..N one of them, large. It drives
 // the frontend's own image preview (node.imageIndex, which its arrow keys and picture buttons also move).
 import { app } from "../../../scripts/app.js";
-import { chain, pageOnly } from "./common.js";
+import { chain, keepOwnValues, pageOnly } from "./common.js";
 
 const NODE_TYPE = "AG_VisualizeAttention";
 const WIDGET = "picture";
@@ -21,6 +21,7 @@ app.registerExtension({
                 node.setDirtyCanvas?.(true, true);
             }, { min: 0, max: 0, step: 10, precision: 0 }));
         });
+        keepOwnValues(nodeType.prototype);
         chain(nodeType.prototype, "onDrawForeground", function () {
             // Follow the count of pictures, and the picture when the preview's own controls (or new pictures)
             // change it; a change of the widget that the widget's callback has not applied yet is left alone.

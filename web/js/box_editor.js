@@ -3,7 +3,8 @@
 // and writes the text back after every edit, so workflows and API prompts are the same with or without the editor.
 import { app } from "../../../scripts/app.js";
 import { formatBoxes, parseBoxes, snapped } from "./boxes.js";
-import { addStyle, chain, pageOnly, subjectColour, subjectLabels, upstreamNode, widgetNamed } from "./common.js";
+import { addStyle, chain, keepOwnValues, pageOnly, subjectColour, subjectLabels, upstreamNode,
+         widgetNamed } from "./common.js";
 
 const NODE_TYPE = "AG_BoxLayout";
 const LATENT_GRID = 8; // px of the image per latent cell: what "snap" snaps to
@@ -362,5 +363,6 @@ app.registerExtension({
             }));
             this.setSize([Math.max(this.size[0], 340), Math.max(this.size[1], 330)]);
         });
+        keepOwnValues(nodeType.prototype);
     },
 });

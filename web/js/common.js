@@ -27,13 +27,26 @@ export function upstreamNode(node, inputName) {
     return null;
 }
 
-/** A widget that only the page uses: left out of the API prompt and of the saved widget values, so workflows and
- * prompts stay exactly what the node defines (a frontend without this pack's extensions loads them unchanged). */
+/** A widget that only the page uses, added after the node's own: left out of the API prompt and of the saved widget
+ * values, so workflows and prompts stay exactly what the node defines (a frontend without this pack's extensions
+ * loads them unchanged). The node type needs ``keepOwnValues``. */
 export function pageOnly(widget) {
     widget.serialize = false;
     widget.options ??= {};
     widget.options.serialize = false;
     return widget;
+}
+
+/** Save only the values of a node type's own widgets: the current frontend leaves page-only widgets out by itself,
+ * the 2024 one saves every widget's value, so the trailing ones of page-only widgets are cut. */
+export function keepOwnValues(prototype) {
+    chain(prototype, "onSerialize", function (serialised) {
+        const values = serialised.widgets_values;
+        if (!Array.isArray(values)) return;
+        let end = values.length;
+        while (end > 0 && this.widgets?.[end - 1]?.serialize === false) end--;
+        values.length = end;
+    });
 }
 
 /** The subjects a token node names, as the box editor labels them: from its latest token view when it has one

@@ -4,7 +4,8 @@
 // CLIP the node is connected to; after a run the node shows what the run computed (and the family it used).
 import { api } from "../../../scripts/api.js";
 import { app } from "../../../scripts/app.js";
-import { addStyle, chain, pageOnly, subjectColour, TOKEN_NODE_TYPES, upstreamNode, widgetNamed } from "./common.js";
+import { addStyle, chain, keepOwnValues, pageOnly, subjectColour, TOKEN_NODE_TYPES, upstreamNode,
+         widgetNamed } from "./common.js";
 
 const ROUTE = "/attention_guidance/tokens";
 const DEBOUNCE_MS = 250;
@@ -195,6 +196,7 @@ app.registerExtension({
                 if (widget) chain(widget, "callback", () => view.refresh());
             }
         });
+        keepOwnValues(nodeType.prototype);
         chain(nodeType.prototype, "onExecuted", function (output) {
             const view = output?.ag_token_view?.[0];
             if (view) this.agTokenViewer?.showRun(view);
