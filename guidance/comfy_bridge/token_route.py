@@ -1,8 +1,9 @@
 """The pack's tokens route on ComfyUI's web server: the token view of a prompt before anything is queued.
 
 ``POST /attention_guidance/tokens`` with ``{"text": ..., "subjects": ..., "family": ...}`` (a family of
-:mod:`.tokenizers`: ``sd1``, ``sd2``, ``sdxl``) answers the :mod:`..subjects.token_view` dict (a
-subject that is not in the prompt is the view's ``error``); a malformed request, an unknown family or a prompt that cannot be tokenised answers 400 with ``{"error": ...}``.
+:mod:`.tokenizers`: ``sd1``, ``sd2``, ``sdxl``, ``flux``, ``chroma``) answers the :mod:`..subjects.token_view` dict (a
+subject that is not in the prompt is the view's ``error``); a malformed request, an unknown family (SD3 included:
+its sequence depends on the encoders loaded) or a prompt that cannot be tokenised answers 400 with ``{"error": ...}``.
 The current frontend calls it under ``/api`` (ComfyUI serves every route there as well).
 """
 from __future__ import annotations

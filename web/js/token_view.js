@@ -9,7 +9,7 @@ import { addStyle, chain, keepOwnValues, pageOnly, subjectColour, TOKEN_NODE_TYP
 
 const ROUTE = "/attention_guidance/tokens";
 const DEBOUNCE_MS = 250;
-const FAMILY_NAMES = { sd1: "SD1.x", sd2: "SD2.x", sdxl: "SDXL" };
+const FAMILY_NAMES = { sd1: "SD1.x", sd2: "SD2.x", sdxl: "SDXL", flux: "FLUX (T5)", chroma: "Chroma (T5)", sd3: "SD3" };
 
 addStyle("ag-token-view-style", `
 .ag-token-view { box-sizing: border-box; overflow: auto; font: 12px sans-serif; color: var(--input-text, #ddd);
@@ -40,6 +40,7 @@ function guessedFamily(source) {
         const family = /xl/.test(name) ? "sdxl" : /(^|[^a-z0-9])(sd-?2|v2-|768-v)/.test(name) ? "sd2" : "sd1";
         return { family, how: "guessed from the checkpoint name" };
     }
+    if (source.type === "TripleCLIPLoader") return { family: "sd3", how: "from the CLIP loader" };
     const clipType = widgetNamed(source, "type")?.value;
     if (typeof clipType === "string") {
         return { family: clipType === "stable_diffusion" ? "sd1" : clipType, how: "from the CLIP loader's type" };
