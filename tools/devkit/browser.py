@@ -65,7 +65,7 @@ SWAP_AND_SHRINK = """({swaps, maxSize, maxSteps}) => {
         const widget = name => (node.widgets || []).find(candidate => candidate.name === name);
         const steps = widget("steps");
         if (steps && typeof steps.value === "number") steps.value = Math.min(steps.value, maxSteps);
-        if (node.type === "EmptyLatentImage" || node.type === "EmptySD3LatentImage") {
+        if (["EmptyLatentImage", "EmptySD3LatentImage", "AG_BoxLayout"].includes(node.type)) {
             const scale = Math.min(1, maxSize / Math.max(widget("width").value, widget("height").value));
             for (const side of ["width", "height"]) {
                 widget(side).value = Math.max(64, Math.floor(widget(side).value * scale / 64) * 64);
