@@ -38,12 +38,13 @@ bench: env
 node-reference: env
 	$(PY) tools/node_reference.py
 
-# docs/screenshots: every workflow in the first host's web page (the browser test, its screenshots kept), and from
-# them the workflow templates' thumbnails (workflows/<name>.jpg).
+# docs/screenshots: every workflow, the box editor and the token view in the first host's web page (the browser
+# tests, their screenshots kept), and from the workflow screenshots the templates' thumbnails (workflows/<name>.jpg).
 screenshots: env $(CHROMIUM)
 	cd tests && AG_SCREENSHOTS=$(CURDIR)/docs/screenshots \
 	  AG_TEST_HOST="$$(../$(PY) -c 'from devkit import hosts; print(hosts.discover()[0].path)')" \
-	  ../$(PY) -m pytest host/test_frontend.py -q -k shipped_workflow_loads
+	  ../$(PY) -m pytest host/test_frontend.py host/test_frontend_widgets.py -q \
+	  -k "shipped_workflow_loads or queueing_after_drawing or follows_typing"
 	$(PY) tools/thumbnails.py
 
 clean:

@@ -42,7 +42,8 @@ class VisualizeAttention:
     DISPLAY_NAME = "Visualize Attention"
     DESCRIPTION = ("Draws each subject's attention over the sampling steps as heatmaps: one grid of subjects x "
                    "steps per image, or one picture per step, optionally over the decoded image. Shows the result "
-                   "on the node and outputs it as IMAGE.")
+                   "on the node (step through several pictures with the picture widget's arrows) and outputs it as "
+                   "IMAGE.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)

@@ -60,8 +60,10 @@ class SubjectLayoutNode:
 class BoxLayout:
     DISPLAY_NAME = "Subject Layout (boxes)"
     DESCRIPTION = ("A layout from one box per subject, in the order of the subjects input, as fractions of the "
-                   "image (so one layout fits every image size). Also outputs the boxes as masks, one per subject, "
-                   "to preview or to edit further.")
+                   "image (so one layout fits every image size). Draw the boxes on the node's canvas (drag to draw, "
+                   "drag a box to move it, its handles to resize it, Delete removes the selected one) or type them; "
+                   "the canvas writes the boxes text, which is what is saved and queued. Also outputs the boxes as "
+                   "masks, one per subject, to preview or to edit further.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (LAYOUT_TYPE, "MASK")
     RETURN_NAMES = ("layout", "masks")

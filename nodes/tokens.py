@@ -7,7 +7,10 @@ from typing import Any
 
 import nodes as comfy_nodes
 
-from ..guidance.comfy_bridge.text import subject_tokens
+from ..guidance.comfy_bridge.text import sequence_tokens
+from ..guidance.comfy_bridge.tokenizers import clip_family
+from ..guidance.subjects.encoders import map_sequence_subjects
+from ..guidance.subjects.token_view import subjects_view
 from ..guidance.subjects.tokens import SubjectTokenError, SubjectTokens
 from .common import CATEGORY, TOKENS_TYPE, UNIQUE_ID, NodeInputError, warn_on_node
 
@@ -25,15 +28,17 @@ TEXT_TOOLTIP = "The prompt, exactly as for CLIP Text Encode (weights like (red a
 def _subject_tokens(node: str, clip: Any, text: str, subjects: str, conditioning: list, node_id: str | None
                     ) -> tuple[SubjectTokens, dict]:
     """The subjects' tokens, carrying the prompt's encoding (``conditioning``, CLIP Text Encode's output for
-    ``text``) so that the samplers can tell whether they sample that prompt, and the node's ``ui`` text; automatic
-    picks and warnings are shown on the node."""
+    ``text``) so that the samplers can tell whether they sample that prompt, and the node's ``ui``: the picks and
+    warnings as text, and the token view (the page draws it); automatic picks and warnings are shown on the node."""
+    sequence = sequence_tokens(clip, text)
     try:
-        tokens = subject_tokens(clip, text, subjects)
+        tokens = map_sequence_subjects(text, sequence, subjects)
     except SubjectTokenError as error:
         raise NodeInputError(node, "subjects", str(error)) from error
     logger.info("%s: %s", node, tokens.describe())
     warn_on_node(node, node_id, tokens.warnings(), notes=tokens.describe() if tokens.auto_picked else "")
-    shown = {"text": ["\n".join([tokens.describe(), *(f"Warning: {w}" for w in tokens.warnings())])]}
+    shown = {"text": ["\n".join([tokens.describe(), *(f"Warning: {w}" for w in tokens.warnings())])],
+             "ag_token_view": [subjects_view(sequence, tokens, clip_family(clip))]}
     return replace(tokens, encoding=conditioning[0][0][0]), shown
 
 
@@ -53,7 +58,8 @@ def _inputs() -> dict:
 class TextEncodeWithTokens:
     DISPLAY_NAME = "CLIP Text Encode (with subjects)"
     DESCRIPTION = ("Encodes the prompt like CLIP Text Encode and also outputs the subject tokens that attention "
-                   "guidance acts on.")
+                   "guidance acts on. While you type, the node shows the prompt's tokens with each subject's tokens "
+                   "and attributes highlighted, or why a subject is not found.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("CONDITIONING", TOKENS_TYPE)
     RETURN_NAMES = ("conditioning", "tokens")
@@ -74,7 +80,9 @@ class TextEncodeWithTokens:
 class TokenPicker:
     DISPLAY_NAME = "Subject Token Picker"
     DESCRIPTION = ("Finds the subject tokens of a prompt for attention guidance, for graphs that encode the prompt "
-                   "elsewhere. Use the same CLIP and text as the encoder.")
+                   "elsewhere. Use the same CLIP and text as the encoder. While you type, the node shows the "
+                   "prompt's tokens with each subject's tokens and attributes highlighted, or why a subject is not "
+                   "found.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (TOKENS_TYPE,)
     RETURN_NAMES = ("tokens",)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..subjects.encoders import map_encoder_subjects
-from ..subjects.tokens import EMBEDDING_PIECE, OPEN_CLIP_H, T5_ENCODER, PromptTokens, SubjectTokens, map_subjects
+from ..subjects.encoders import map_sequence_subjects
+from ..subjects.tokens import EMBEDDING_PIECE, OPEN_CLIP_H, T5_ENCODER, PromptTokens, SubjectTokens
 
 try:
     from comfy.text_encoders.sd3_clip import SD3ClipModel
@@ -76,7 +76,4 @@ def sequence_tokens(clip: Any, text: str) -> list[PromptTokens]:
 def subject_tokens(clip: Any, text: str, subjects: str) -> SubjectTokens:
     """AG_TOKENS for ``text`` as ``clip`` encodes it: ``subjects`` mapped onto every encoder the model attends over
     (a subject's positions in all of them form its group). Raises ``SubjectTokenError``."""
-    sequence = sequence_tokens(clip, text)
-    if len(sequence) == 1 and sequence[0].encoder != T5_ENCODER:
-        return map_subjects(text, sequence[0], subjects)
-    return map_encoder_subjects(text, sequence, subjects)
+    return map_sequence_subjects(text, sequence_tokens(clip, text), subjects)

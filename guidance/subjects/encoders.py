@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .tokens import (
+    T5_ENCODER,
     PromptTokens,
     Subject,
     SubjectTokenError,
@@ -17,6 +18,14 @@ from .tokens import (
     map_subjects,
     prompt_words,
 )
+
+
+def map_sequence_subjects(prompt: str, sequence: Sequence[PromptTokens], subjects: str) -> SubjectTokens:
+    """``subjects`` mapped onto the tokens of every encoder the model attends over, in sequence order: one CLIP
+    sequence as :func:`map_subjects` maps it, several encoders (or T5) joined. Raises :class:`SubjectTokenError`."""
+    if len(sequence) == 1 and sequence[0].encoder != T5_ENCODER:
+        return map_subjects(prompt, sequence[0], subjects)
+    return map_encoder_subjects(prompt, sequence, subjects)
 
 
 def map_encoder_subjects(prompt: str, sequence: Sequence[PromptTokens], subjects: str) -> SubjectTokens:

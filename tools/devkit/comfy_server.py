@@ -2,7 +2,8 @@
 
 Everything the server writes (output, input, temp, user settings) goes to a temporary folder; the pack reaches the
 host's custom node folders through an ``--extra-model-paths-config`` file that lists a temporary ``custom_nodes``
-folder holding a link to this repository. The host folder itself is left untouched.
+folder holding a link to this repository, and where the host has ``--base-directory`` that folder is the server's
+base directory as well. The host folder itself is left untouched.
 """
 from __future__ import annotations
 
