@@ -90,6 +90,8 @@ def test_shipped_workflow_runs_from_the_page_with_the_tiny_model(path, page, ser
     assert {node["class_type"] for node in sent.values()} >= {wf.TINY_LOADER}
     assert all(node["inputs"]["steps"] <= wf.MAX_TEST_STEPS for node in sent.values()
                if isinstance(node["inputs"].get("steps"), int))
+    assert all(node["inputs"][cap] <= wf.MAX_TEST_REFINEMENT for node in sent.values() for cap in wf.REFINEMENT_CAPS
+               if isinstance(node["inputs"].get(cap), int))
     definitions = server.get("/object_info")
     output_nodes = {node_id for node_id, node in sent.items() if definitions[node["class_type"]].get("output_node")}
     assert output_nodes and output_nodes <= set(entry["outputs"]), (output_nodes, set(entry["outputs"]))

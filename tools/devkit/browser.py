@@ -43,9 +43,9 @@ FIT_TO_VIEW = """([left, top, margin]) => {
     return scale;
 }"""
 
-# Loaders -> the tiny loader (same place, links on its matching outputs), sizes and steps capped like
+# Loaders -> the tiny loader (same place, links on its matching outputs), sizes, steps and refinement capped like
 # devkit.workflow.shrunk.
-SWAP_AND_SHRINK = """({swaps, maxSize, maxSteps}) => {
+SWAP_AND_SHRINK = """({swaps, maxSize, maxSteps, maxRefinement, refinementCaps}) => {
     const graph = app.graph;
     const linkById = id => graph.links instanceof Map ? graph.links.get(id) : graph.links[id];
     for (const [id, [family, slots]] of Object.entries(swaps)) {
@@ -65,6 +65,7 @@ SWAP_AND_SHRINK = """({swaps, maxSize, maxSteps}) => {
         const widget = name => (node.widgets || []).find(candidate => candidate.name === name);
         const steps = widget("steps");
         if (steps && typeof steps.value === "number") steps.value = Math.min(steps.value, maxSteps);
+        for (const cap of refinementCaps.map(widget).filter(Boolean)) cap.value = Math.min(cap.value, maxRefinement);
         if (["EmptyLatentImage", "EmptySD3LatentImage", "AG_BoxLayout"].includes(node.type)) {
             const scale = Math.min(1, maxSize / Math.max(widget("width").value, widget("height").value));
             for (const side of ["width", "height"]) {
@@ -158,9 +159,12 @@ def show_whole_graph(page, workflow: dict) -> None:
 
 def swap_to_tiny_models(page, workflow: dict) -> list[dict]:
     """Replace, in the loaded graph, each model, text encoder and VAE loader of ``workflow`` by the tiny loader of its
-    family (``devkit.workflow.tiny_swaps``) and cap sizes and steps; the graph as the frontend then holds it."""
+    family (``devkit.workflow.tiny_swaps``) and cap sizes, steps and refinement; the graph as the frontend then
+    holds it."""
     swaps = wf.tiny_swaps(wf.to_prompt(workflow))
-    page.evaluate(SWAP_AND_SHRINK, {"swaps": swaps, "maxSize": wf.MAX_TEST_SIZE, "maxSteps": wf.MAX_TEST_STEPS})
+    page.evaluate(SWAP_AND_SHRINK, {"swaps": swaps, "maxSize": wf.MAX_TEST_SIZE, "maxSteps": wf.MAX_TEST_STEPS,
+                                    "maxRefinement": wf.MAX_TEST_REFINEMENT,
+                                    "refinementCaps": list(wf.REFINEMENT_CAPS)})
     return page.evaluate(GRAPH_STATE)
 
 

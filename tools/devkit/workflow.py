@@ -29,6 +29,8 @@ import nodes
 TINY_LOADER = "AG_TestTinyCheckpoint"
 MAX_TEST_SIZE = 256  # px, longest side of EmptyLatentImage in executed tests
 MAX_TEST_STEPS = 4
+MAX_TEST_REFINEMENT = 3  # updates per refinement point: a random tiny model never meets the thresholds
+REFINEMENT_CAPS = ("max_refinement_steps", "first_step_max_refinement_steps")
 
 _FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 _MUTED, _BYPASSED = 2, 4  # LiteGraph node modes ("never", "bypass")
@@ -275,9 +277,10 @@ def with_tiny_checkpoints(prompt: dict[str, dict]) -> dict[str, dict]:
 
 
 def shrunk(prompt: dict[str, dict], max_size: int = MAX_TEST_SIZE, max_steps: int = MAX_TEST_STEPS) -> dict[str, dict]:
-    """A copy of ``prompt`` that executes in seconds on CPU: EmptyLatentImage, EmptySD3LatentImage (and the preview size of the pack's
-    box layouts, which are fractions of any size) scaled down so its longest side is at most ``max_size`` (multiples
-    of 64, aspect kept), and every literal ``steps`` input capped at ``max_steps``."""
+    """A copy of ``prompt`` that executes in seconds on CPU: EmptyLatentImage, EmptySD3LatentImage (and the preview
+    size of the pack's box layouts, which are fractions of any size) scaled down so its longest side is at most
+    ``max_size`` (multiples of 64, aspect kept), every literal ``steps`` input capped at ``max_steps`` and every
+    refinement cap at :data:`MAX_TEST_REFINEMENT`."""
     small = copy.deepcopy(prompt)
     for node in small.values():
         inputs = node["inputs"]
@@ -289,6 +292,9 @@ def shrunk(prompt: dict[str, dict], max_size: int = MAX_TEST_SIZE, max_steps: in
                 inputs["height"] = max(64, int(height * scale) // 64 * 64)
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], max_steps)
+        for cap in REFINEMENT_CAPS:
+            if isinstance(inputs.get(cap), int):
+                inputs[cap] = min(inputs[cap], MAX_TEST_REFINEMENT)
     return small
 
 
