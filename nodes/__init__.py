@@ -1,9 +1,9 @@
 """Node registry: every node module exports NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS."""
 import os
 
-from . import astar, attention_maps, combine, divide_bind, guided, layout, regulation, tokens
+from . import astar, attention_maps, combine, divide_bind, guided, layout, regulation, tokens, toyworld
 
-_NODE_MODULES = (tokens, guided, divide_bind, astar, layout, combine, regulation, attention_maps)
+_NODE_MODULES = (tokens, guided, divide_bind, astar, layout, combine, regulation, attention_maps, toyworld)
 
 if os.environ.get("AG_TEST_NODES") == "1":  # test-only loader of tiny models, set by the test harness
     from ..tests.testkit import tiny_loader_node
