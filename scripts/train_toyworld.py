@@ -59,6 +59,10 @@ class Settings:
     warmup_steps: int = 100
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # "v": each step's epsilon error weighted by 1 + sigma^2 (the v-prediction loss; normalised to mean 1 over
+    # the schedule), "eps": unweighted. Unweighted, the high-noise steps where the text decides what goes where
+    # carry almost no weight (an x0 error counts 1/sigma^2) and the model learns to ignore the text.
+    loss_weighting: str = "v"
     count_weights: tuple[float, float, float] = (0.65, 0.25, 0.10)
     latent_noise: float = 0.3  # the decoder's input noise: std drawn uniformly from [0, this]
 
@@ -71,12 +75,16 @@ class Progress:
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU time per phase
     losses: dict[str, list[float]] = field(default_factory=dict)  # mean loss per LOSS_WINDOW steps
     fastest_step_s: dict[str, float] = field(default_factory=dict)
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # each start or resume: where, with how many threads
 
 
 LOSS_WINDOW = 50
 # A checkpoint taken when the diffusion phase begins (kept as checkpoint_diffusion_start.pt) resumes with other
 # diffusion settings as long as these are unchanged.
 VAE_SETTINGS = ("seed", "decoder_steps", "encoder_steps", "vae_batch", "vae_crop", "vae_lr", "latent_noise")
+# Settings a run may change when it resumes: a shorter or longer diffusion phase only rescales the rest of the
+# learning-rate schedule from the current step.
+RESUMABLE_CHANGES = ("diffusion_steps",)
 
 
 def find_current_host() -> Path:
@@ -166,8 +174,8 @@ class Trainer:
 
     def initialise(self, generator: Any) -> None:
         """PyTorch's default initialisation (ComfyUI's layers skip it), residual branches and the UNet's output
-        zeroed as in latent diffusion; the token table zero except the world's words (so the shipped file keeps
-        only those rows)."""
+        zeroed as in latent diffusion (and the text layer's residual branches too); the token table zero except the
+        world's words (so the shipped file keeps only those rows)."""
         torch = self.torch
         nn = torch.nn
         with torch.no_grad():
@@ -188,6 +196,10 @@ class Trainer:
                     nn.init.zeros_(module.proj_out.bias)
             nn.init.zeros_(self.unet.out[-1].weight)
             nn.init.zeros_(self.unet.out[-1].bias)
+            for layer in self.text.transformer.text_model.encoder.layers:  # residual branches start at zero: the
+                for linear in (layer.self_attn.out_proj, layer.mlp.fc2):  # output starts as each token's own
+                    nn.init.zeros_(linear.weight)  # embedding, the words undiluted by the 70-odd padding tokens
+                    nn.init.zeros_(linear.bias)
             embeddings = self.text.transformer.text_model.embeddings
             table = embeddings.token_embedding.weight
             table.zero_()
@@ -270,6 +282,13 @@ class Trainer:
         self.vae_optimiser.zero_grad(set_to_none=True)
         return float(loss)
 
+    def loss_weight(self, sigma: Any) -> Any:
+        if self.settings.loss_weighting == "eps":
+            return self.torch.ones_like(sigma)
+        if self.settings.loss_weighting != "v":
+            raise ValueError(f"loss_weighting must be 'v' or 'eps', got {self.settings.loss_weighting!r}")
+        return (1 + sigma ** 2) / (1 + self.sampling.sigmas.float() ** 2).mean()
+
     def diffusion_step(self, step: int) -> float:
         torch, settings = self.torch, self.settings
         clean, tokens = self.diffusion_batch(step)
@@ -282,7 +301,8 @@ class Trainer:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             context, _ = self.text(tokens)
             predicted = self.unet(model_input, self.sampling.timestep(sigma).float(), context=context).float()
-        loss = (predicted - noise).pow(2).mean()
+        weight = self.loss_weight(sigma)[:, None, None, None]
+        loss = (weight * (predicted - noise).pow(2)).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.diffusion_parameters, 1.0)
         for group in self.optimiser.param_groups:
@@ -317,21 +337,29 @@ class Trainer:
             return False
         state = self.torch.load(self.checkpoint_path, weights_only=False)
         saved, current = state["settings"], asdict(self.settings)
-        if saved != current:
-            same_vae = all(saved[name] == current[name] for name in VAE_SETTINGS)
+        rescheduled = {name: (saved.get(name), current[name]) for name in RESUMABLE_CHANGES
+                       if saved.get(name) != current[name]}
+        if rescheduled and state["progress"]["step"] < current["diffusion_steps"]:
+            print(f"train_toyworld: resuming with {rescheduled}", file=sys.stderr)
+            saved = {**saved, **{name: current[name] for name in rescheduled}}
+        restart_diffusion = saved != current
+        if restart_diffusion:
+            same_vae = all(saved.get(name) == current[name] for name in VAE_SETTINGS)
             progress = state["progress"]
             if not (same_vae and progress["phase"] == "diffusion" and progress["step"] == 0):
                 sys.exit(f"train_toyworld: {self.checkpoint_path} was made with other settings; use --fresh")
-            changed = {name: (saved[name], current[name]) for name in current if saved[name] != current[name]}
-            print(f"train_toyworld: diffusion settings changed before the diffusion phase began: {changed}",
-                  file=sys.stderr)
+            changed = {name: (saved.get(name), current[name]) for name in current if saved.get(name) != current[name]}
+            print(f"train_toyworld: diffusion settings changed before the diffusion phase began: {changed}; the "
+                  "VAE comes from the checkpoint, the UNet and text encoder start afresh", file=sys.stderr)
+        self.taesd.load_state_dict(state["taesd"])
+        self.progress = Progress(**state["progress"])
+        if restart_diffusion:
+            return True
         self.unet.load_state_dict(state["unet"])
         self.text.load_state_dict(state["text"])
-        self.taesd.load_state_dict(state["taesd"])
-        for target, saved in zip(self.ema, state["ema"]):
-            target.copy_(saved)
+        for target, averaged in zip(self.ema, state["ema"]):
+            target.copy_(averaged)
         self.optimiser.load_state_dict(state["optimiser"])
-        self.progress = Progress(**state["progress"])
         if state["vae_optimiser"] is not None:
             self.start_vae_optimiser(self.progress.phase)
             self.vae_optimiser.load_state_dict(state["vae_optimiser"])
@@ -392,11 +420,12 @@ class Trainer:
 
     # --- export --------------------------------------------------------------------------------------------------
 
-    def export(self) -> dict[str, Any]:
+    def export(self, average: bool = True) -> dict[str, Any]:
         torch = self.torch
-        with torch.no_grad():
-            for parameter, average in zip(self.diffusion_parameters, self.ema):
-                parameter.copy_(average)
+        if average:
+            with torch.no_grad():
+                for parameter, averaged in zip(self.diffusion_parameters, self.ema):
+                    parameter.copy_(averaged)
         tensors = self.comfy_model.pack_weights(self.unet.state_dict(), self.text.transformer.state_dict(),
                                                 self.taesd.state_dict(), self.vocabulary)
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -431,6 +460,13 @@ class Trainer:
                 "decoded_with_noise_0.1_and_detected_right": right["noisy"] / count,
                 "encoder_mse": encoder_error / count,
                 "code_variance": float(np.var([self.latent.scene_latent(s) for s in scenes]))}
+
+
+def idle_note(threads: int) -> str:
+    if threads == 1:
+        return ("process CPU time of a one-thread run, which a two-thread run on two idle cores does not exceed; "
+                "on a shared CPU one thread wastes no time waiting for a descheduled partner thread")
+    return f"process CPU time / {threads} threads: the wall time when nothing else competes for the cores"
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -468,9 +504,11 @@ def main() -> None:
     parser.add_argument("--measure", type=int, default=0, help="prompts per quality measure (0: none)")
     parser.add_argument("--export-only", action="store_true",
                         help="export the checkpoint's weights as they are (to look at a run in progress)")
+    parser.add_argument("--no-average", action="store_true",
+                        help="export the current weights instead of their moving average")
     defaults = Settings()
     for name, value in asdict(defaults).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     arguments = parser.parse_args()
     settings = Settings(**{name: getattr(arguments, name) for name in asdict(defaults)
@@ -483,8 +521,11 @@ def main() -> None:
     if not arguments.fresh and trainer.resume():
         print(f"train_toyworld: resumed at {trainer.progress.phase} step {trainer.progress.step}", file=sys.stderr)
     if not arguments.export_only:
+        trainer.progress.sessions.append({"phase": trainer.progress.phase, "step": trainer.progress.step,
+                                          "threads": arguments.threads, "load_average": os.getloadavg()[0],
+                                          "diffusion_steps": settings.diffusion_steps})
         trainer.run(arguments.checkpoint_minutes)
-    exported = trainer.export()
+    exported = trainer.export(average=not arguments.no_average)
     progress = trainer.progress
     steps = {"decoder": settings.decoder_steps, "encoder": settings.encoder_steps,
              "diffusion": settings.diffusion_steps}
@@ -501,8 +542,8 @@ def main() -> None:
         "timing": {"phases": phases, "wall_s": sum(row["wall_s"] for row in phases.values()),
                    "cpu_s": sum(row["cpu_s"] for row in phases.values()),
                    "idle_estimate_s": sum(row["idle_estimate_s"] for row in phases.values()),
-                   "idle_estimate_note": f"process CPU time / {arguments.threads} threads: the wall time when "
-                                         "nothing else competes for the cores"},
+                   "idle_estimate_note": idle_note(arguments.threads)},
+        "sessions": progress.sessions,
         "losses": progress.losses,
         "vae_round_trip": trainer.vae_round_trip(),
     }
