@@ -366,7 +366,9 @@ def main() -> None:
     loaded = load_toy_model(arguments.weights)
     result = evaluate(prompts, images, chosen, loaded, settings, arguments.out)
     report = {
-        "host": host.label, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+        # The host's version and how it was found, not its folder: the report is shipped in docs/.
+        "host": hosts.describe(host.path), "host_found_by": host.origin, "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
         "quick": arguments.quick,
         "settings": {**asdict(settings), "prompts": len(prompts), "images_per_prompt": images,
                      "eval_seed": EVAL_SEED, "methods": "node defaults; " + (

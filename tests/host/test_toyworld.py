@@ -11,7 +11,7 @@ import torch
 
 import nodes
 from devkit import REPO_ROOT
-from devkit import toyworld_runs
+from devkit import hosts, toyworld_runs
 from devkit.comfy_host import ag
 
 WEIGHTS = REPO_ROOT / "toyworld" / "weights" / "toyworld.safetensors"
@@ -82,7 +82,8 @@ def test_eval_quick_runs_end_to_end(tmp_path):
                                 str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["quick"] and report["host"].endswith(f"{env['COMFYUI_PATH']}]")
+    assert report["quick"] and report["host"] == hosts.describe(Path(env["COMFYUI_PATH"]))
+    assert report["host_found_by"] == "COMFYUI_PATH" and env["COMFYUI_PATH"] not in json.dumps(report)
     summary = report["summary"]
     assert set(summary) == {"unguided", "attend_and_excite", "astar_layout"}
     for name, row in summary.items():
