@@ -314,7 +314,7 @@ def measure_model(weights: Path, count: int) -> dict[str, Any]:
     loaded = load_toy_model(weights)
     detect = comfy_host.ag("toyworld.detect")
     singles = prompt_set(MEASURE_SEED, count, subjects=1)
-    right = present = total = 0
+    right = present = shape_right = colour_right = total = 0
     model, clip, vae = loaded
     negative = toyworld_runs.negative(clip)
     start = time.perf_counter()
@@ -324,10 +324,14 @@ def measure_model(weights: Path, count: int) -> dict[str, Any]:
         run = toyworld_runs.sample(model, vae, positive, negative, guidance, prompt.seed, IMAGES, settings)
         for image in run.images:
             found = [(d.colour, d.shape) for d in detect.detect(image)]
-            right += found == [prompt.subjects[0]]
-            present += prompt.subjects[0] in found
+            (colour, shape), = prompt.subjects
+            right += found == [(colour, shape)]
+            present += (colour, shape) in found
+            shape_right += [found_shape for _, found_shape in found] == [shape]  # one object, its shape right
+            colour_right += [found_colour for found_colour, _ in found] == [colour]
             total += 1
-    single = {"images": total, "drawn_right": right / total, "subject_present": present / total}
+    single = {"images": total, "drawn_right": right / total, "subject_present": present / total,
+              "shape_right": shape_right / total, "colour_right": colour_right / total}
     pairs, _, _ = run_method("unguided", methods()["unguided"], prompt_set(MEASURE_SEED + 1, count), loaded,
                              IMAGES, settings, 0)
     two = {outcome: float(np.mean([bool(r.outcome[outcome]) for r in pairs])) for outcome in OUTCOMES}
