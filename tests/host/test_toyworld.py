@@ -16,11 +16,13 @@ from devkit.comfy_host import ag
 
 WEIGHTS = REPO_ROOT / "toyworld" / "weights" / "toyworld.safetensors"
 # Single-subject prompts and seeds fixed before looking at their images; the stock KSampler at the eval's
-# settings. The training report measures about 9 in 10 single-subject images right (toyworld/weights/
-# training_report.md), so 6 of these 8 leave a margin for an unlucky draw without passing a broken model.
+# settings. The training report (toyworld/weights/training_report.md, 64 images of other prompts) measures the
+# shipped weights drawing one object of the asked-for shape in 73 % of single-subject images and that shape in its
+# colour in 31 % (the model's colours are weak): about 6 and 2.5 of these 8. The thresholds leave a margin for an
+# unlucky draw and still fail a model that ignores its prompt (a shape right by chance in 1 of 4).
 SINGLE_SUBJECTS = [("red", "circle", 11), ("blue", "square", 12), ("yellow", "triangle", 13), ("green", "cross", 14),
                    ("purple", "circle", 15), ("orange", "square", 16), ("green", "triangle", 17), ("blue", "cross", 18)]
-MIN_RIGHT = 6
+MIN_SHAPE_RIGHT, MIN_RIGHT = 4, 1
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +58,11 @@ def test_loader_names_a_missing_file():
 
 
 def test_stock_nodes_draw_single_subjects(toy):
-    """CLIP Text Encode, the stock KSampler and VAE Decode draw the asked-for shape in its colour."""
+    """CLIP Text Encode, the stock KSampler and VAE Decode draw the asked-for shape, at times in its colour."""
     model, clip, vae = toy
     detect = ag("toyworld.detect")
     settings = toyworld_runs.SampleSettings()
-    right = []
+    right, shape_right = [], []
     with torch.inference_mode():
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         latent = nodes.EmptyLatentImage().generate(settings.size, settings.size, 1)[0]
@@ -72,7 +74,8 @@ def test_stock_nodes_draw_single_subjects(toy):
             assert image.shape == (settings.size, settings.size, 3)
             found = [(d.colour, d.shape) for d in detect.detect(image.numpy())]
             right.append(found == [(colour, shape)])
-    assert sum(right) >= MIN_RIGHT, right
+            shape_right.append([found_shape for _, found_shape in found] == [shape])
+    assert sum(shape_right) >= MIN_SHAPE_RIGHT and sum(right) >= MIN_RIGHT, (shape_right, right)
 
 
 def test_eval_quick_runs_end_to_end(tmp_path):
