@@ -89,6 +89,9 @@ def test_eval_quick_runs_end_to_end(tmp_path):
     assert report["host_found_by"] == "COMFYUI_PATH" and env["COMFYUI_PATH"] not in json.dumps(report)
     summary = report["summary"]
     assert set(summary) == {"unguided", "attend_and_excite", "astar_layout"} and report["methods_pending"] == []
+    # The toy model has cross-attention at latent/4 only; tv_bind's attribute maps are read at latent/1 and /2.
+    assert list(report["not_applicable"]) == ["divide_and_bind_tv_bind"]
+    assert "Divide & Bind" in report["not_applicable"]["divide_and_bind_tv_bind"]
     for name, row in summary.items():
         assert row["pairs"] == 4 and len(report["pairs"][name]) == 4
         assert 0.0 <= row["neglect"]["rate"] <= 1.0
