@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench node-reference screenshots env clean
+.PHONY: test demo eval bench node-reference screenshots env clean
 
 $(STAMP): requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: env $(CHROMIUM)
 demo: env
 	$(PY) tools/demo.py
 
+# Every method against unguided sampling on the toy world model, paired by seed: eval_out/eval.json, eval.md, grid.png
+# (`make eval QUICK=1`: two prompts, for a quick look).
+eval: env
+	$(PY) tools/eval.py $(if $(QUICK),--quick)
+
 # One JSON document: guided vs plain sampling, time and peak memory, on the tiny models;
 # `make bench CHECKPOINT=path/to/model.safetensors` adds the same rows on that checkpoint.
 bench: env
@@ -48,4 +53,4 @@ screenshots: env $(CHROMIUM)
 	$(PY) tools/thumbnails.py
 
 clean:
-	rm -rf $(VENV) demo_out bench_out
+	rm -rf $(VENV) demo_out bench_out eval_out

@@ -12,7 +12,9 @@ Rows, each against plain sampling (the stock KSampler) of the same model, size, 
   at 512x512, 20 steps: Attend-and-Excite with its node defaults, the same without refinement (its guided window
   only), and FOCUS with its node defaults (SOC weight, first half of the steps).
 
-Always on the tiny random-weight models, and also on a real checkpoint when ``CHECKPOINT=path`` is set. Each
+Always on the tiny random-weight models (the worst case: their attention never meets a refinement target), on the
+toy world model (the latent-guidance rows at its 192 px, with the refinement updates it actually takes: the
+typical case), and also on a real checkpoint when ``CHECKPOINT=path`` is set. Each
 configuration runs in its own process (so that its peak memory is its own), after a short warm-up, with the same
 seed, and is measured over interleaved rounds (medians reported). Ratios are the numbers to compare: the machines
 are noisy. One JSON document goes to stdout, progress and logs to stderr. The host is the first one found
@@ -78,6 +80,7 @@ class Case:
     method: str = ""
     cfg: float = CFG
     scheduler: str = SCHEDULER
+    prompt: tuple[str, str] | None = None  # (prompt, subjects) for every method instead of their defaults
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,29 @@ DIT_NOTES = ("tiny random-weight transformers (2 joint blocks of width 64 for FL
              "the forward) and all of SD3's, so a pass costs relatively more here than on the real models; and A&E's "
              "refinement never meets its thresholds on random weights (every refinement point runs its 20 "
              "iterations), so the no-refinement row is the guided window's own cost")
+
+
+# The toy world model (tools/train_toyworld.py): a model whose attention means something, so the refinement
+# targets are met as on a real checkpoint and the rows show the typical cost, not the worst case. Its latent/4
+# maps are 6x6 at its 192 px, below Attention Regulation's 16x16, so it has latent-guidance rows only.
+TOY_MODEL = "toyworld"
+TOY_SIZE, TOY_STEPS, TOY_ROUNDS = 192, 50, 3
+TOY_PROMPT = ("a red circle and a blue square", "red circle, blue square")
+
+
+def toy_report() -> dict:
+    """Each latent-guidance method at its node defaults against plain sampling, on the toy world model."""
+    plain = Case("plain", TOY_MODEL, TOY_SIZE, TOY_STEPS, prompt=TOY_PROMPT)
+    cases = {"plain": plain, **{method: replace(plain, kind="guided", method=method) for method in GUIDANCE_ROWS}}
+    runs: dict[str, list[dict]] = {name: [] for name in cases}
+    for _ in range(TOY_ROUNDS):
+        for name, case in cases.items():
+            runs[name].append(measure(case))
+    results = {name: summary(case_runs, TOY_STEPS) for name, case_runs in runs.items()}
+    return {"model": runs["plain"][0]["model"], "size": TOY_SIZE, "steps": TOY_STEPS, "rounds": TOY_ROUNDS,
+            "prompt": TOY_PROMPT[0], "subjects": TOY_PROMPT[1], "plain": results["plain"],
+            **{method: guided_row(results["plain"], results[method], TIME_TARGETS.get(method))
+               for method in GUIDANCE_ROWS}}
 
 
 def checkpoint_suite(path: str, rounds: int) -> Suite:
@@ -226,9 +252,15 @@ def pass_counter(engine: Any, synchronize: Callable[[], None]) -> Any:
 
 
 def load_model(name: str) -> tuple[Any, Any, str]:
-    """MODEL and CLIP of a tiny family (``tiny-sd1``) or of a checkpoint file (loaded as ComfyUI loads it)."""
+    """MODEL and CLIP of a tiny family (``tiny-sd1``), of the toy world model (``toyworld``, through its loader
+    node) or of a checkpoint file (loaded as ComfyUI loads it)."""
     import torch
 
+    if name == TOY_MODEL:
+        from devkit.toyworld_runs import load_model as load_toy_model
+
+        model, clip, _ = load_toy_model()
+        return model, clip, "toy world model (trained, toyworld/weights)"
     if name.startswith("tiny-"):
         from devkit.tiny_models import FAMILIES, tiny_checkpoint
 
@@ -300,7 +332,7 @@ def run_case(case: Case) -> dict:
     model, clip, model_name = load_model(case.model)
     size = case.size or native_size(model)
     with torch.inference_mode():
-        prompt, subjects = (ROWS[case.method][2] if case.method else None) or (PROMPT, SUBJECTS)
+        prompt, subjects = case.prompt or (ROWS[case.method][2] if case.method else None) or (PROMPT, SUBJECTS)
         positive, tokens = node["AG_TextEncodeWithTokens"]().encode(clip, prompt, subjects)["result"]
         negative = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
         latent = nodes.EmptyLatentImage().generate(size, size, 1)[0]
@@ -491,6 +523,7 @@ def main() -> None:
     }
     if "--dit-only" not in sys.argv:
         report["tiny"] = {"notes": TINY_NOTES, **suite_report(TINY)}
+        report["toyworld"] = toy_report()
     report["tiny_dit"] = dit_section()
     if checkpoint:
         path = str(Path(checkpoint).resolve())
@@ -502,6 +535,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == WORKER_FLAG:
-        Path(sys.argv[3]).write_text(json.dumps(run_case(Case(**json.loads(sys.argv[2])))))
+        fields = json.loads(sys.argv[2])
+        fields["prompt"] = tuple(fields["prompt"]) if fields.get("prompt") else None
+        Path(sys.argv[3]).write_text(json.dumps(run_case(Case(**fields))))
     else:
         main()

@@ -1,0 +1,40 @@
+"""The toy model's configuration: an SD1.x-family UNet, a one-layer CLIP text encoder and a TAESD-format VAE.
+
+* UNet (ComfyUI's ``UNetModel``, EPS prediction, the SD1 discrete noise schedule): three levels (latent, latent/2,
+  latent/4) with attention only at latent/4 (the input block, the middle block and the output blocks there), so
+  cross-attention at latent/4 is the text's only way into the image and the pack's guidance layers are where the
+  text acts. 32 base channels (128 at latent/4, 4 heads of 32).
+* Text encoder (ComfyUI's CLIP text model under the SD1 CLIP node, the SD1 BPE tokenizer): 64-wide token and
+  position embeddings and one causal self-attention layer, as CLIP's, so a noun's output also carries the words
+  before it ("red" in "a red circle") while each token keeps its own place.
+* VAE: TAESD's layout; its latent is the world's code of ``toyworld.latent`` (``vae_scale`` undoes SD1's latent
+  scale factor, so the UNet sees that code as it is).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .latent import LATENT_CHANNELS, LATENT_FACTOR
+from .world import IMAGE_SIZE
+
+LATENT_SIZE = IMAGE_SIZE // LATENT_FACTOR
+TEXT_WIDTH = 64
+SD1_LATENT_SCALE = 0.18215  # ComfyUI's SD1 latent format multiplies VAE latents by this before the UNet
+ATTENTION_HEAD_CHANNELS = 32
+
+UNET_CONFIG: dict[str, Any] = {
+    "use_checkpoint": False, "image_size": LATENT_SIZE, "in_channels": LATENT_CHANNELS,
+    "out_channels": LATENT_CHANNELS, "model_channels": 32, "use_spatial_transformer": True, "legacy": False,
+    "context_dim": TEXT_WIDTH, "use_temporal_attention": False, "use_temporal_resblock": False,
+    "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 1], "transformer_depth_output": [0, 0, 0, 0, 1, 1],
+    "transformer_depth_middle": 1, "adm_in_channels": None, "use_linear_in_transformer": True,
+}
+
+TEXT_CONFIG: dict[str, Any] = {
+    "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
+    "eos_token_id": 49407, "hidden_act": "quick_gelu", "hidden_size": TEXT_WIDTH, "initializer_factor": 1.0,
+    "initializer_range": 0.02, "intermediate_size": 4 * TEXT_WIDTH, "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 2,
+    "num_hidden_layers": 1, "pad_token_id": 1, "projection_dim": TEXT_WIDTH, "vocab_size": 49408,
+}
