@@ -6,7 +6,7 @@ Three phases, every batch drawn from the world generator (fresh scenes, never a 
    on the code so that it draws clean shapes from a sampler's slightly-off latents; then the encoder learns to read
    the code back from images.
 2. Diffusion: the UNet (SD1 family, EPS, the SD1 discrete schedule, exactly ComfyUI's model input scaling and
-   timesteps) and the text encoder (trainable token and position embeddings and one causal layer) learn together
+   timesteps) and the text encoder (trainable token and position embeddings) learn together
    from captions, a tenth of them dropped for classifier-free guidance. bf16 autocast, AdamW, an exponential
    moving average of the weights (the EMA is what ships).
 3. Export: fp16 weights (fp16 keeps every value these models hold) and ``training_report.json`` / ``.md``
@@ -52,7 +52,7 @@ class Settings:
     vae_batch: int = 16
     vae_crop: int = 10  # latent cells per side of a training crop (80 px)
     vae_lr: float = 1e-3
-    diffusion_steps: int = 6000
+    diffusion_steps: int = 6500
     batch: int = 32
     lr: float = 5e-4
     warmup_steps: int = 100
@@ -97,26 +97,6 @@ def find_current_host() -> Path:
              f"(looked at {', '.join(str(path) for path in candidates)})")
 
 
-def differentiable_clip_layers(text_encoder: Any, tokens: list[int]) -> None:
-    """ComfyUI's CLIP layer adds its residuals in place (``x += ...``), which autograd cannot differentiate through
-    the layer norms that read ``x``. This process runs the same sums out of place, after checking that the text
-    encoder's output is unchanged."""
-    import torch
-
-    import comfy.clip_model
-
-    def out_of_place(layer: Any, x: Any, mask: Any = None, optimized_attention: Any = None) -> Any:
-        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
-        return x + layer.mlp(layer.layer_norm2(x))
-
-    with torch.no_grad():
-        before, _ = text_encoder([tokens])
-        comfy.clip_model.CLIPLayer.forward = out_of_place
-        after, _ = text_encoder([tokens])
-    if not torch.equal(before, after):
-        raise RuntimeError("the out-of-place CLIP layer differs from the host's; this host's CLIP layer changed")
-
-
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -145,7 +125,6 @@ class Trainer:
         self.vocabulary = self.world_vocabulary()
         generator = torch.Generator().manual_seed(settings.seed)
         self.initialise(generator)
-        differentiable_clip_layers(self.text, self.tokens(self.world.caption(["red circle", "blue square"])))
         self.diffusion_parameters = [*self.unet.parameters(), *self.text.parameters()]
         for parameter in self.diffusion_parameters:
             parameter.requires_grad_(True)
@@ -173,8 +152,8 @@ class Trainer:
 
     def initialise(self, generator: Any) -> None:
         """PyTorch's default initialisation (ComfyUI's layers skip it), residual branches and the UNet's output
-        zeroed as in latent diffusion (and the text layer's residual branches too); the token table zero except the
-        world's words (so the shipped file keeps only those rows)."""
+        zeroed as in latent diffusion; the token table zero except the world's words (so the shipped file keeps only
+        those rows)."""
         torch = self.torch
         nn = torch.nn
         with torch.no_grad():
@@ -195,10 +174,6 @@ class Trainer:
                     nn.init.zeros_(module.proj_out.bias)
             nn.init.zeros_(self.unet.out[-1].weight)
             nn.init.zeros_(self.unet.out[-1].bias)
-            for layer in self.text.transformer.text_model.encoder.layers:  # residual branches start at zero: the
-                for linear in (layer.self_attn.out_proj, layer.mlp.fc2):  # output starts as each token's own
-                    nn.init.zeros_(linear.weight)  # embedding, the words undiluted by the 70-odd padding tokens
-                    nn.init.zeros_(linear.bias)
             embeddings = self.text.transformer.text_model.embeddings
             table = embeddings.token_embedding.weight
             table.zero_()
