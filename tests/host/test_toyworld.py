@@ -78,15 +78,29 @@ def test_stock_nodes_draw_single_subjects(toy):
     assert sum(shape_right) >= MIN_SHAPE_RIGHT and sum(right) >= MIN_RIGHT, (shape_right, right)
 
 
-def test_eval_quick_runs_end_to_end(tmp_path):
-    """`make eval`'s quick run, in its own process on this host: every pair scored, the JSON and the grid written."""
+def run_quick_eval(out: Path, workers: int) -> dict:
     env = {**os.environ, "COMFYUI_PATH": str(Path(nodes.__file__).resolve().parent)}
-    completed = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "eval.py"), "--quick", "--out",
-                                str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    completed = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "eval.py"), "--quick", "--workers",
+                                str(workers), "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["quick"] and report["host"] == hosts.describe(Path(env["COMFYUI_PATH"]))
+    report = json.loads((out / "eval.json").read_text())
+    assert report["host"] == hosts.describe(Path(env["COMFYUI_PATH"])) and report["workers"] == workers
     assert report["host_found_by"] == "COMFYUI_PATH" and env["COMFYUI_PATH"] not in json.dumps(report)
+    return report
+
+
+@pytest.fixture(scope="module")
+def quick_eval_split(tmp_path_factory) -> tuple[Path, dict]:
+    """`make eval --quick` with two worker processes: its folder and its report."""
+    out = tmp_path_factory.mktemp("eval_split")
+    return out, run_quick_eval(out, workers=2)
+
+
+def test_eval_quick_runs_end_to_end(quick_eval_split):
+    """`make eval`'s quick run, in its own process on this host with two worker processes: every pair scored, the
+    JSON and the grid written."""
+    out, report = quick_eval_split
+    assert report["quick"]
     summary = report["summary"]
     assert set(summary) == {"unguided", "attend_and_excite", "astar_layout"} and report["methods_pending"] == []
     # The toy model has cross-attention at latent/4 only; tv_bind's attribute maps are read at latent/1 and /2.
@@ -94,9 +108,22 @@ def test_eval_quick_runs_end_to_end(tmp_path):
     assert "Divide & Bind" in report["not_applicable"]["divide_and_bind_tv_bind"]
     for name, row in summary.items():
         assert row["pairs"] == 4 and len(report["pairs"][name]) == 4
+        assert [(pair["prompt"], pair["image"]) for pair in report["pairs"][name]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
         assert 0.0 <= row["neglect"]["rate"] <= 1.0
     assert "vs_unguided" in summary["attend_and_excite"]["neglect"]
-    assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "eval.md").is_file()
+    assert (out / "grid.png").stat().st_size > 1000 and (out / "eval.md").is_file()
+
+
+def test_eval_workers_do_not_change_the_outcomes(quick_eval_split, tmp_path):
+    """The quick run split over two worker processes (one thread each: each prompt its own unit) scores every pair
+    as one process with every thread does: same outcomes, peaks equal to float precision."""
+    _, split = quick_eval_split
+    single = run_quick_eval(tmp_path, workers=1)
+    assert split["pairs"].keys() == single["pairs"].keys()
+    for name, pairs in split["pairs"].items():
+        assert [pair["outcome"] for pair in pairs] == [pair["outcome"] for pair in single["pairs"][name]]
+        np.testing.assert_allclose([pair["peaks"] for pair in pairs],
+                                   [pair["peaks"] for pair in single["pairs"][name]], rtol=1e-4)
 
 
 def test_guidance_changes_the_toy_models_latent(toy):
