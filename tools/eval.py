@@ -50,8 +50,7 @@ from devkit import comfy_host, hosts  # noqa: E402
 EVAL_SEED = 20251130
 MEASURE_SEED = 7  # the training report's prompts: another draw than the eval's
 PROMPTS, IMAGES = 64, 4
-OUTCOMES = ("all_present", "neglect", "colour_missing", "binding_error", "extra_objects")
-BETTER_WHEN_LOWER = {"neglect", "colour_missing", "binding_error", "extra_objects"}
+OUTCOMES = ("all_present", "neglect", "subject_absent", "colour_missing", "binding_error", "extra_objects")
 BOOTSTRAP_SAMPLES = 10_000
 LAYOUT_BOXES = "0.02,0.15,0.46,0.7; 0.52,0.15,0.46,0.7"  # first subject left, second right
 GRID_PAIRS = 8
@@ -262,8 +261,9 @@ def markdown(summary: dict[str, Any], signal: dict[str, Any], header: str) -> st
     lines = [header, "",
              "Rates in % with 95 % Wilson intervals; under each, the paired difference to unguided in points with "
              "its 95 % bootstrap interval (over prompts).", "",
-             "| method | all present | neglect | colour missing | binding error | extra objects | s / image |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | all present | neglect | subject absent | colour missing | binding error | extra objects "
+             "| s / image |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in summary.items():
         lines.append(f"| {name} | " + " | ".join(cell(row[o]) for o in OUTCOMES) + f" | {row['s_per_image']:.2f} |")
     lines += ["", f"Attention signal (unguided): in {signal['neglect_cases_with_one_missing']} images with one "

@@ -6,6 +6,9 @@ circle and a blue circle" needs two circles. Outcomes of one image:
 * ``all_present``: every subject drawn with its colour and its shape.
 * ``neglect``: some subject's shape (the noun, the token the guidance excites) appears nowhere: catastrophic
   neglect, whatever the colours.
+* ``subject_absent``: some subject has no object of its own, neither of its colour nor of its shape: nothing was
+  drawn for it (the strict sense of neglect; a subject drawn in the other one's shape counts under ``neglect`` but
+  not here).
 * ``colour_missing``: some subject's colour appears nowhere.
 * ``binding_error``: every subject's shape is there, but not every subject with its own colour (a colour swapped
   with or leaked from another subject).
@@ -26,6 +29,7 @@ Subject = tuple[str, str]  # (colour, shape)
 class Outcome:
     all_present: bool
     neglect: bool
+    subject_absent: bool
     colour_missing: bool
     binding_error: bool
     extra_objects: bool
@@ -55,9 +59,11 @@ def score(subjects: Sequence[Subject], found: Sequence[Detection]) -> Outcome:
     exact = matched(subjects, found, lambda s, d: d.colour == s[0] and d.shape == s[1])
     shapes = matched(subjects, found, lambda s, d: d.shape == s[1])
     colours = matched(subjects, found, lambda s, d: d.colour == s[0])
+    either = matched(subjects, found, lambda s, d: d.colour == s[0] or d.shape == s[1])
     return Outcome(
         all_present=exact == count,
         neglect=shapes < count,
+        subject_absent=either < count,
         colour_missing=colours < count,
         binding_error=shapes == count and exact < count,
         extra_objects=len(found) > count,

@@ -113,20 +113,27 @@ def detection(colour, shape):
 
 
 @pytest.mark.parametrize("drawn, expected", [
-    ([("red", "circle"), ("blue", "square")], dict(all_present=True, neglect=False, colour_missing=False,
-                                                  binding_error=False, extra_objects=False)),
-    ([("red", "circle")], dict(all_present=False, neglect=True, colour_missing=True, binding_error=False,
-                               extra_objects=False)),
-    ([("red", "circle"), ("red", "circle")], dict(all_present=False, neglect=True, colour_missing=True,
-                                                  binding_error=False, extra_objects=False)),
-    ([("blue", "circle"), ("red", "square")], dict(all_present=False, neglect=False, colour_missing=False,
-                                                   binding_error=True, extra_objects=False)),
-    ([("red", "circle"), ("red", "square")], dict(all_present=False, neglect=False, colour_missing=True,
-                                                  binding_error=True, extra_objects=False)),
+    ([("red", "circle"), ("blue", "square")], dict(all_present=True, neglect=False, subject_absent=False,
+                                                  colour_missing=False, binding_error=False, extra_objects=False)),
+    ([("red", "circle")], dict(all_present=False, neglect=True, subject_absent=True, colour_missing=True,
+                               binding_error=False, extra_objects=False)),
+    ([("red", "circle"), ("red", "circle")], dict(all_present=False, neglect=True, subject_absent=True,
+                                                  colour_missing=True, binding_error=False, extra_objects=False)),
+    # The second subject drawn in the first one's shape: its shape is neglected, but it has an object.
+    ([("red", "circle"), ("blue", "circle")], dict(all_present=False, neglect=True, subject_absent=False,
+                                                   colour_missing=False, binding_error=False, extra_objects=False)),
+    # A stray blob of a third colour and no shape does not stand for the missing subject.
+    ([("red", "circle"), ("green", None)], dict(all_present=False, neglect=True, subject_absent=True,
+                                                colour_missing=True, binding_error=False, extra_objects=False)),
+    ([("blue", "circle"), ("red", "square")], dict(all_present=False, neglect=False, subject_absent=False,
+                                                   colour_missing=False, binding_error=True, extra_objects=False)),
+    ([("red", "circle"), ("red", "square")], dict(all_present=False, neglect=False, subject_absent=False,
+                                                  colour_missing=True, binding_error=True, extra_objects=False)),
     ([("red", "circle"), ("blue", "square"), ("green", None)], dict(all_present=True, neglect=False,
-                                                                    colour_missing=False, binding_error=False,
-                                                                    extra_objects=True)),
-    ([], dict(all_present=False, neglect=True, colour_missing=True, binding_error=False, extra_objects=False)),
+                                                                    subject_absent=False, colour_missing=False,
+                                                                    binding_error=False, extra_objects=True)),
+    ([], dict(all_present=False, neglect=True, subject_absent=True, colour_missing=True, binding_error=False,
+              extra_objects=False)),
 ])
 def test_scoring(drawn, expected):
     outcome = scoring.score([("red", "circle"), ("blue", "square")], [detection(*d) for d in drawn])
