@@ -19,9 +19,10 @@ class ToyWorldLoader:
     DESCRIPTION = (
         "Loads the pack's toy world model: a small SD1.x-family model trained on CPU to draw one to three flat "
         f"coloured shapes on grey ({', '.join(COLOURS)} x {', '.join(SHAPES)}), prompted like 'a red circle and a "
-        f"blue square'. It draws {IMAGE_SIZE}x{IMAGE_SIZE} images in a few seconds on CPU, and with two subjects "
-        "it sometimes leaves one out, so attention guidance has something to bring back. Use it with the stock "
-        "KSampler, CLIP Text Encode and VAE Decode like any checkpoint."
+        f"blue square'. It draws {IMAGE_SIZE}x{IMAGE_SIZE} images in a few seconds on CPU; with two subjects it "
+        "often paints one in the other's colour and now and then draws one in the other's shape or leaves it out, "
+        "the failures attention guidance is meant to fix (the README's `make eval` measures how far it does). Use "
+        "it with the stock KSampler, CLIP Text Encode and VAE Decode like any checkpoint."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
