@@ -159,9 +159,9 @@ def toy_report() -> dict:
             runs[name].append(measure(case))
     results = {name: summary(case_runs, TOY_STEPS) for name, case_runs in runs.items()}
     return {"model": runs["plain"][0]["model"], "size": TOY_SIZE, "steps": TOY_STEPS, "rounds": TOY_ROUNDS,
-            "prompt": TOY_PROMPT[0], "subjects": TOY_PROMPT[1],
-            "plain": results["plain"], **{method: guided_row(results["plain"], results[method],
-                                                             TIME_TARGETS.get(method)) for method in GUIDANCE_ROWS}}
+            "prompt": TOY_PROMPT[0], "subjects": TOY_PROMPT[1], "plain": results["plain"],
+            **{method: guided_row(results["plain"], results[method], TIME_TARGETS.get(method))
+               for method in GUIDANCE_ROWS}}
 
 
 def checkpoint_suite(path: str, rounds: int) -> Suite:

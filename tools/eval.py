@@ -194,20 +194,19 @@ class PairResult:
 
 
 def run_method(name: str, method: Method, prompts: list[Prompt], loaded: tuple, images: int, settings: Any,
-               keep: int, first: int = 0) -> tuple[list[PairResult], float, list[np.ndarray]]:
-    """``prompts`` sampled with ``method``, their pairs numbered from prompt ``first`` on; the sampling and decoding
-    seconds; the first ``keep`` images."""
+               keep: int, first: int = 0) -> tuple[list[PairResult], list[np.ndarray]]:
+    """``prompts`` sampled with ``method``, their pairs numbered from prompt ``first`` on, and the first ``keep``
+    images."""
     from devkit import toyworld_runs
 
     detect, scoring = comfy_host.ag("toyworld.detect"), comfy_host.ag("toyworld.scoring")
     model, clip, vae = loaded
     negative = toyworld_runs.negative(clip)
-    results, shown, seconds = [], [], 0.0
+    results, shown = [], []
     for index, prompt in enumerate(prompts):
         positive, tokens = toyworld_runs.encode(clip, prompt.text, prompt.subject_input)
         sampled_model, guidance = method(model, tokens)
         run = toyworld_runs.sample(sampled_model, vae, positive, negative, guidance, prompt.seed, images, settings)
-        seconds += run.seconds
         peaks = toyworld_runs.peak_attention(run.attention)
         for image_index, image in enumerate(run.images):
             found = detect.detect(image)
@@ -218,7 +217,7 @@ def run_method(name: str, method: Method, prompts: list[Prompt], loaded: tuple, 
             if len(shown) < keep:
                 shown.append(image)
         print(f"eval: {name}: prompt {first + index + 1} ({run.seconds:.1f} s)", file=sys.stderr, flush=True)
-    return results, seconds, shown
+    return results, shown
 
 
 def attention_signal(results: list[PairResult]) -> dict[str, Any]:
@@ -352,7 +351,7 @@ def run_unit(unit: Unit) -> UnitResult:
     start = time.perf_counter()
     try:
         images = _WORKER["images"]
-        results, _, shown = run_method(unit.method, methods()[unit.method], list(unit.prompts), _WORKER["loaded"],
+        results, shown = run_method(unit.method, methods()[unit.method], list(unit.prompts), _WORKER["loaded"],
                                        images, _WORKER["settings"], max(0, GRID_PAIRS - unit.first * images),
                                        unit.first)
     except ValueError as error:
@@ -431,7 +430,7 @@ def measure_model(weights: Path, count: int) -> dict[str, Any]:
             total += 1
     single = {"images": total, "drawn_right": right / total, "subject_present": present / total,
               "shape_right": shape_right / total, "colour_right": colour_right / total}
-    pairs, _, _ = run_method("unguided", methods()["unguided"], prompt_set(MEASURE_SEED + 1, count), loaded,
+    pairs, _ = run_method("unguided", methods()["unguided"], prompt_set(MEASURE_SEED + 1, count), loaded,
                              IMAGES, settings, 0)
     two = {outcome: float(np.mean([bool(r.outcome[outcome]) for r in pairs])) for outcome in OUTCOMES}
     return {"settings": asdict(settings), "single_subject": single, "two_subjects_unguided": {
@@ -453,7 +452,7 @@ def calibrate() -> dict[str, Any]:
         runs[f"step_size {step_size:g}"] = lambda model, tokens, step_size=step_size: (
             model, toyworld_runs.run_node("AG_AttendAndExcite", tokens=tokens, step_size=step_size)[0])
     for name, method in runs.items():
-        pairs, _, _ = run_method(name, method, prompts, loaded, IMAGES, settings, 0)
+        pairs, _ = run_method(name, method, prompts, loaded, IMAGES, settings, 0)
         rows[name] = {outcome: float(np.mean([bool(r.outcome[outcome]) for r in pairs])) for outcome in OUTCOMES}
     neglect = {step_size: rows[f"step_size {step_size:g}"]["neglect"] for step_size in CALIBRATION_STEP_SIZES}
     chosen = min(CALIBRATION_STEP_SIZES, key=lambda step_size: (neglect[step_size], -step_size))
