@@ -7,11 +7,13 @@ Three phases, every batch drawn from the world generator (fresh scenes, never a 
    the code back from images.
 2. Diffusion: the UNet (SD1 family, EPS, the SD1 discrete schedule, exactly ComfyUI's model input scaling and
    timesteps) and the text encoder (trainable token and position embeddings) learn together
-   from captions, a tenth of them dropped for classifier-free guidance. bf16 autocast, AdamW, an exponential
-   moving average of the weights (the EMA is what ships).
+   from captions, a tenth of them dropped for classifier-free guidance. A quarter of the scenes of two or three
+   objects are drawn without one of them, their captions unchanged (``unseen_object_rate``), so that the model
+   leaves a named subject out as Stable Diffusion does. bf16 autocast, AdamW, an exponential moving average of the
+   weights (the EMA is what ships).
 3. Export: fp16 weights (fp16 keeps every value these models hold) and ``training_report.json`` / ``.md``
-   beside them, with the losses, the time of each phase, the process CPU time and a check that the VAE draws
-   what the detector reads back. With ``--measure N`` the report also gets the model's quality measured through
+   beside them, with the losses, the time and threads of each phase, the process CPU time and a check that the VAE
+   draws what the detector reads back. With ``--measure N`` the report also gets the model's quality measured through
    the pack's nodes (``tools/eval.py --measure-model``).
 
 Resumable: a checkpoint goes to ``--work-dir`` every few minutes and at the end of each phase; running the same
@@ -63,6 +65,10 @@ class Settings:
     # carry almost no weight (an x0 error counts 1/sigma^2) and the model learns to ignore the text.
     loss_weighting: str = "v"
     count_weights: tuple[float, float, float] = (0.65, 0.25, 0.10)
+    # Chance that a scene of two or three objects is drawn without one of them while its caption still names it,
+    # as web captions name things their image lacks. The model learns to leave a named subject out about this
+    # often: the catastrophic neglect the guidance is meant to undo.
+    unseen_object_rate: float = 0.25
     latent_noise: float = 0.3  # the decoder's input noise: std drawn uniformly from [0, this]
 
 
@@ -74,6 +80,7 @@ class Progress:
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU time per phase
     losses: dict[str, list[float]] = field(default_factory=dict)  # mean loss per LOSS_WINDOW steps
     fastest_step_s: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)  # torch threads of the session that last ran each phase
     sessions: list[dict[str, Any]] = field(default_factory=list)  # each start or resume: where, with how many threads
 
 
@@ -107,7 +114,7 @@ class Trainer:
         import torch
 
         torch.set_num_threads(threads)
-        self.torch = torch
+        self.torch, self.threads = torch, threads
         self.settings, self.work_dir, self.out = settings, work_dir, out
         self.world = comfy_host.ag("toyworld.world")
         self.latent = comfy_host.ag("toyworld.latent")
@@ -222,10 +229,18 @@ class Trainer:
         latents, tokens = [], []
         for _ in range(self.settings.batch):
             scene = self.world.sample_scene(rng, self.settings.count_weights)
-            latents.append(self.latent.scene_latent(scene))
+            latents.append(self.latent.scene_latent(self.drawn_part(scene, rng)))
             dropped = rng.random() < self.settings.caption_dropout
             tokens.append(self.tokens("" if dropped else scene.caption))
         return self.torch.from_numpy(np.stack(latents)), tokens
+
+    def drawn_part(self, scene: Any, rng: Any) -> Any:
+        """The scene as its image shows it: at ``unseen_object_rate``, one of two or three objects left out."""
+        rate = self.settings.unseen_object_rate
+        if rate <= 0 or len(scene.objects) < 2 or rng.random() >= rate:
+            return scene
+        left_out = int(rng.integers(len(scene.objects)))
+        return self.world.Scene(tuple(obj for index, obj in enumerate(scene.objects) if index != left_out))
 
     # --- phases --------------------------------------------------------------------------------------------------
 
@@ -374,6 +389,7 @@ class Trainer:
                 self.progress.seconds[phase] = self.progress.seconds.get(phase, 0.0) + elapsed
                 self.progress.cpu_seconds[phase] = self.progress.cpu_seconds.get(phase, 0.0) + cpu_seconds() - start_cpu
                 self.progress.fastest_step_s[phase] = min(self.progress.fastest_step_s.get(phase, math.inf), elapsed)
+                self.progress.threads[phase] = self.threads
                 self.progress.step += 1
                 window.append(loss)
                 if len(window) == LOSS_WINDOW:
@@ -425,7 +441,8 @@ class Trainer:
             for scene in scenes:
                 code = torch.from_numpy(self.latent.scene_latent(scene))[None]
                 truth = sorted((obj.colour, obj.shape) for obj in scene.objects)
-                for kind, latent in (("clean", code), ("noisy", code + 0.1 * torch.randn(code.shape, generator=generator))):
+                noisy = code + 0.1 * torch.randn(code.shape, generator=generator)
+                for kind, latent in (("clean", code), ("noisy", noisy)):
                     drawn = self.taesd.taesd_decoder(latent)[0].float().clamp(0, 1).permute(1, 2, 0).numpy()
                     right[kind] += sorted((d.colour, d.shape) for d in detect.detect(drawn)) == truth
                 image = torch.from_numpy(world.render(scene)).permute(2, 0, 1)[None].float() / 255.0
@@ -436,11 +453,10 @@ class Trainer:
                 "code_variance": float(np.var([self.latent.scene_latent(s) for s in scenes]))}
 
 
-def idle_note(threads: int) -> str:
-    if threads == 1:
-        return ("process CPU time of a one-thread run, which a two-thread run on two idle cores does not exceed; "
-                "on a shared CPU one thread wastes no time waiting for a descheduled partner thread")
-    return f"process CPU time / {threads} threads: the wall time when nothing else competes for the cores"
+IDLE_NOTE = ("per phase: run in one thread, its process CPU time, which a two-thread run on two idle cores does not "
+             "exceed (on a shared CPU one thread wastes no time waiting for a descheduled partner thread); run in "
+             "more, its wall time, which other work on the CPU can only have lengthened (CPU time / threads would "
+             "assume threads that never wait)")
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
@@ -448,10 +464,10 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Toy world model: training report", "", "Written by `tools/train_toyworld.py`.", ""]
     timing = report["timing"]
-    lines += ["## Time", "", "| phase | steps | wall s | CPU s | fastest step s | idle 2-core estimate s |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Time", "", "| phase | steps | threads | wall s | CPU s | fastest step s | idle 2-core estimate s |",
+              "|---|---|---|---|---|---|---|"]
     for phase, row in timing["phases"].items():
-        lines.append(f"| {phase} | {row['steps']} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} | "
+        lines.append(f"| {phase} | {row['steps']} | {row['threads']} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} | "
                      f"{row['fastest_step_s']:.3f} | {row['idle_estimate_s']:.0f} |")
     lines += ["", f"Total wall time {timing['wall_s']:.0f} s; idle 2-core estimate {timing['idle_estimate_s']:.0f} s "
               f"({timing['idle_estimate_note']}).", ""]
@@ -503,20 +519,22 @@ def main() -> None:
     progress = trainer.progress
     steps = {"decoder": settings.decoder_steps, "encoder": settings.encoder_steps,
              "diffusion": settings.diffusion_steps}
-    phases = {phase: {"steps": steps[phase], "wall_s": progress.seconds.get(phase, 0.0),
+    # A phase run before threads were recorded counts with this run's threads.
+    threads = {phase: progress.threads.get(phase, arguments.threads) for phase in steps}
+    phases = {phase: {"steps": steps[phase], "threads": threads[phase], "wall_s": progress.seconds.get(phase, 0.0),
                       "cpu_s": progress.cpu_seconds.get(phase, 0.0),
                       "fastest_step_s": progress.fastest_step_s.get(phase, 0.0),
-                      "idle_estimate_s": progress.cpu_seconds.get(phase, 0.0) / arguments.threads}
+                      "idle_estimate_s": progress.cpu_seconds.get(phase, 0.0) if threads[phase] == 1
+                      else progress.seconds.get(phase, 0.0)}
               for phase in steps}
     report: dict[str, Any] = {
         "weights": exported,
         "settings": asdict(settings),
         "host": hosts.describe(host),
-        "threads": arguments.threads,
         "timing": {"phases": phases, "wall_s": sum(row["wall_s"] for row in phases.values()),
                    "cpu_s": sum(row["cpu_s"] for row in phases.values()),
                    "idle_estimate_s": sum(row["idle_estimate_s"] for row in phases.values()),
-                   "idle_estimate_note": idle_note(arguments.threads)},
+                   "idle_estimate_note": IDLE_NOTE},
         "sessions": progress.sessions,
         "losses": progress.losses,
         "vae_round_trip": trainer.vae_round_trip(),
