@@ -20,9 +20,10 @@ class ToyWorldLoader:
         "Loads the pack's toy world model: a small SD1.x-family model trained on CPU to draw one to three flat "
         f"coloured shapes on grey ({', '.join(COLOURS)} x {', '.join(SHAPES)}), prompted like 'a red circle and a "
         f"blue square'. It draws {IMAGE_SIZE}x{IMAGE_SIZE} images in a few seconds on CPU; with two subjects it "
-        "often paints one in the other's colour and now and then draws one in the other's shape or leaves it out, "
-        "the failures attention guidance is meant to fix (the README's `make eval` measures how far it does). Use "
-        "it with the stock KSampler, CLIP Text Encode and VAE Decode like any checkpoint."
+        "leaves one out or draws it in another shape in about a quarter of images and paints one in the other's "
+        "colour in another quarter, the failures attention guidance is meant to fix (the README's `make eval` "
+        "measures how far it does). Use it with the stock KSampler, CLIP Text Encode and VAE Decode like any "
+        "checkpoint."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
