@@ -4,7 +4,7 @@ The prompts are the first ``PROMPTS`` of `make eval`'s fixed prompt set, each wi
 its batch), taken in order and not picked by their outcome. Each is sampled twice with the Guided KSampler, same
 seed: with Record Attention (the stock KSampler's image) and with Attend-and-Excite at the step size chosen for
 this model on held-out prompts (``tools/eval.py --calibrate``; the node default, Stable Diffusion's, is four times
-larger and loses subjects on this model, as `make eval`'s numbers printed beside show). Writes to
+larger; `make eval`'s numbers printed beside show what each does on this model). Writes to
 ``demo_out/``: the token table of the first prompt, ``images_unguided_vs_guided.png`` (a row per prompt: unguided,
 guided, with what the detector read) and ``attention_grid_unguided.png`` / ``attention_grid_guided.png`` (each
 subject's attention over the steps, drawn by Visualize Attention over the image, for the first prompt). Prints

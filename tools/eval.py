@@ -352,8 +352,7 @@ def run_unit(unit: Unit) -> UnitResult:
     try:
         images = _WORKER["images"]
         results, shown = run_method(unit.method, methods()[unit.method], list(unit.prompts), _WORKER["loaded"],
-                                       images, _WORKER["settings"], max(0, GRID_PAIRS - unit.first * images),
-                                       unit.first)
+                                    images, _WORKER["settings"], max(0, GRID_PAIRS - unit.first * images), unit.first)
     except ValueError as error:
         if unit.method == "unguided":
             raise
@@ -372,10 +371,10 @@ def units_of(chosen: list[str], prompts: list[Prompt]) -> list[Unit]:
 def evaluate(prompts: list[Prompt], images: int, chosen: list[str], run_units: Callable, out: Path,
              write: Callable[[dict[str, Any]], None]) -> None:
     """Runs the ``chosen`` methods (unguided first) through ``run_units`` (``run_unit`` over units, results in their
-    order: ``map`` in this process or a process pool's ``map``) and hands ``write`` the results so far after each method, so that
-    an interrupted run keeps every method it finished (``methods_pending`` names the rest). A method whose node
-    refuses this model (a ValueError naming the node and input, e.g. binding maps at levels the model has no
-    attention at) is listed under ``not_applicable`` with the node's message."""
+    order: ``map`` in this process or a process pool's ``map``) and hands ``write`` the results so far after each
+    method, so that an interrupted run keeps every method it finished (``methods_pending`` names the rest). A method
+    whose node refuses this model (a ValueError naming the node and input, e.g. binding maps at levels the model has
+    no attention at) is listed under ``not_applicable`` with the node's message."""
     units = units_of(chosen, prompts)
     per_method = len(units) // len(chosen)
     all_results, seconds, shown, refused = {}, {}, {}, {}
@@ -430,8 +429,8 @@ def measure_model(weights: Path, count: int) -> dict[str, Any]:
             total += 1
     single = {"images": total, "drawn_right": right / total, "subject_present": present / total,
               "shape_right": shape_right / total, "colour_right": colour_right / total}
-    pairs, _ = run_method("unguided", methods()["unguided"], prompt_set(MEASURE_SEED + 1, count), loaded,
-                             IMAGES, settings, 0)
+    pairs, _ = run_method("unguided", methods()["unguided"], prompt_set(MEASURE_SEED + 1, count), loaded, IMAGES,
+                          settings, 0)
     two = {outcome: float(np.mean([bool(r.outcome[outcome]) for r in pairs])) for outcome in OUTCOMES}
     return {"settings": asdict(settings), "single_subject": single, "two_subjects_unguided": {
         "images": len(pairs), **two, "attention_signal": attention_signal(pairs)},

@@ -467,8 +467,8 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     lines += ["## Time", "", "| phase | steps | threads | wall s | CPU s | fastest step s | idle 2-core estimate s |",
               "|---|---|---|---|---|---|---|"]
     for phase, row in timing["phases"].items():
-        lines.append(f"| {phase} | {row['steps']} | {row['threads']} | {row['wall_s']:.0f} | {row['cpu_s']:.0f} | "
-                     f"{row['fastest_step_s']:.3f} | {row['idle_estimate_s']:.0f} |")
+        lines.append(f"| {phase} | {row['steps']} | {row['threads'] or '?'} | {row['wall_s']:.0f} | "
+                     f"{row['cpu_s']:.0f} | {row['fastest_step_s']:.3f} | {row['idle_estimate_s']:.0f} |")
     lines += ["", f"Total wall time {timing['wall_s']:.0f} s; idle 2-core estimate {timing['idle_estimate_s']:.0f} s "
               f"({timing['idle_estimate_note']}).", ""]
     lines += ["## VAE", "", "```json", json.dumps(report["vae_round_trip"], indent=2), "```", ""]
@@ -519,8 +519,9 @@ def main() -> None:
     progress = trainer.progress
     steps = {"decoder": settings.decoder_steps, "encoder": settings.encoder_steps,
              "diffusion": settings.diffusion_steps}
-    # A phase run before threads were recorded counts with this run's threads.
-    threads = {phase: progress.threads.get(phase, arguments.threads) for phase in steps}
+    # A phase without a record (not run yet, or run before threads were recorded) has unknown threads: its
+    # estimate is its wall time, as for more than one thread.
+    threads = {phase: progress.threads.get(phase) for phase in steps}
     phases = {phase: {"steps": steps[phase], "threads": threads[phase], "wall_s": progress.seconds.get(phase, 0.0),
                       "cpu_s": progress.cpu_seconds.get(phase, 0.0),
                       "fastest_step_s": progress.fastest_step_s.get(phase, 0.0),

@@ -5,7 +5,7 @@
   latent/2 (its input block and output blocks), none at full latent size, as in SD1 the text enters only through
   cross-attention. The pack's guidance reads latent/4 (6x6 at 192 px); latent/2 (12x12) gives the words a finer grid
   to act through and is where Divide & Bind's binding reads the colour words. With latent/4 alone (an earlier
-  model) single subjects came out right in 87.5 % of images (here 98 %), and most images with a shape missing
+  model) single subjects came out right in 87.5 % of images (here 97 %), and most images with a shape missing
   showed one subject drawn in the other's shape. 32 base channels (64 at latent/2 in 2 heads, 128 at latent/4 in 4
   heads, heads of 32).
 * Text encoder (ComfyUI's CLIP text model under the SD1 CLIP node, the SD1 BPE tokenizer): 64-wide trainable token
